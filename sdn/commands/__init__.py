@@ -1,0 +1,1 @@
+"""One module per ``sdn`` subcommand (see :mod:`sdn.cli`)."""
