@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "report",
     "bench",
     "sync_mlflow",
+    "tracking_init",
 )
 
 

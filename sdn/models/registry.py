@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from sdn.models.exits import AlphaMode
 from sdn.models.multiexit import BackboneParts, MultiExitNet
 
@@ -17,6 +19,8 @@ class ArchSpec:
 
     ``paper_exits`` are the block indices after which the paper attaches ICs; ``original_exits`` those of the
     released code where they differ (MobileNet's 5-IC mask). ``weight_decay`` is the paper's per-arch value.
+    ``exit_init`` re-initialises each IC's Linear layer the way the original did for this arch (None: PyTorch
+    default).
     """
 
     name: str
@@ -27,6 +31,7 @@ class ArchSpec:
     input_sizes: tuple[int, ...] = (32, 64)
     original_exits: tuple[int, ...] | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    exit_init: Callable[[nn.Linear], None] | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -74,18 +79,20 @@ def create(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if input_size not in spec.input_sizes:
-        raise ValueError(
-            f"{name} is defined for input sizes {list(spec.input_sizes)}, got {input_size}"
-        )
+        raise ValueError(f"{name} is defined for input sizes {list(spec.input_sizes)}, got {input_size}")
     positions = resolve_exits(spec, exits, num_classes=num_classes, input_size=input_size)
     parts = spec.builder(num_classes=num_classes, input_size=input_size)
-    return MultiExitNet(
+    model = MultiExitNet(
         parts,
         num_classes=num_classes,
         input_size=input_size,
         exit_positions=positions,
         alpha_mode=alpha_mode,
     )
+    if spec.exit_init is not None:
+        for head in model.exits:
+            spec.exit_init(head.linear)
+    return model
 
 
 def _ensure_builtins() -> None:

@@ -1,0 +1,30 @@
+# Shallow-Deep Networks (Kaya, Hong, Dumitras, ICML 2019): the whole reproduction as one workflow.
+#   snakemake --profile workflow/profiles/default                               # embedded default (digits, CPU)
+#   snakemake --profile workflow/profiles/default --configfile config/paper.yaml --resources gpu=1
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The embedded default, unless a --configfile was given (a --configfile replaces it; --config amends either).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analyses.smk"
+include: "workflow/rules/backdoor.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,335 @@
+"""The backdoor experiment (paper §4/§5, spec §6): BadNets poisoning and the analysis of a backdoored SDN.
+
+Poisoning works on uint8 image tensors [N, 3, H, W] (the prepared-data format) and never mutates its input.
+The analysis is a pure function of the cached per-exit logits of the backdoored CNN and of the IC-only SDN built
+from it (``outputs.npz`` with splits ``holdout``, ``test`` and ``test_triggered``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdn.analysis import early_exit
+from sdn.analysis.arrays import exit_costs, load_split, softmax, validate_logits
+from sdn.analysis.early_exit import DEFAULT_TOLERANCE
+from sdn.data import TensorSplit
+
+REFERENCE_SIZE = 32  # the default trigger is defined for 32 x 32 images (CIFAR-10)
+SPLITS = ("holdout", "test", "test_triggered")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A solid square stamped onto every channel: top-left corner at column ``x``, row ``y``; side ``size``.
+
+    The default is the original code's: a 5x5 white square at (26, 26) of a 32x32 image (pixels 26..30).
+    """
+
+    size: int = 5
+    x: int = 26
+    y: int = 26
+    value: int = 255
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"trigger size must be >= 1 pixel, got {self.size}")
+        if self.x < 0 or self.y < 0:
+            raise ValueError(f"trigger position (x={self.x}, y={self.y}) must be >= 0")
+        if not 0 <= self.value <= 255:
+            raise ValueError(f"trigger value must be a uint8 value in [0, 255], got {self.value}")
+
+    def scaled_to(self, input_size: int, reference_size: int = REFERENCE_SIZE) -> Trigger:
+        """The same trigger for ``input_size`` images: position and size scaled by input_size / reference_size."""
+        if input_size < 1:
+            raise ValueError(f"input size must be >= 1, got {input_size}")
+        factor = input_size / reference_size
+        return Trigger(
+            size=max(1, round(self.size * factor)),
+            x=round(self.x * factor),
+            y=round(self.y * factor),
+            value=self.value,
+        )
+
+    def check_fits(self, height: int, width: int) -> None:
+        """Raise ValueError unless the square lies inside a ``height`` x ``width`` image."""
+        if self.x + self.size > width or self.y + self.size > height:
+            raise ValueError(
+                f"trigger of size {self.size} at (x={self.x}, y={self.y}) covers columns "
+                f"{self.x}..{self.x + self.size - 1} and rows {self.y}..{self.y + self.size - 1}, "
+                f"which does not fit a {height}x{width} image (need x + size <= {width} and y + size <= {height})"
+            )
+
+
+def apply_trigger(images: torch.Tensor, trigger: Trigger) -> torch.Tensor:
+    """A copy of uint8 ``images`` [N, C, H, W] with the trigger square set to ``trigger.value`` on every channel."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"images must be a uint8 tensor [N, C, H, W], got dtype {images.dtype} and shape {tuple(images.shape)}"
+        )
+    trigger.check_fits(images.shape[2], images.shape[3])
+    out = images.clone()
+    out[:, :, trigger.y : trigger.y + trigger.size, trigger.x : trigger.x + trigger.size] = trigger.value
+    return out
+
+
+def poison(
+    split: TensorSplit, trigger: Trigger, *, target: int = 5, rate: float = 0.1, seed: int = 0
+) -> tuple[TensorSplit, torch.Tensor]:
+    """BadNets poisoning of a training split.
+
+    ``round(rate * N)`` samples (N = the whole split) are drawn without replacement, with a generator seeded by
+    ``seed``, among the samples whose label is NOT ``target`` (stamping a target-class image teaches nothing);
+    their images get the trigger and their labels become ``target``. Returns the new split and the sorted
+    indices of the poisoned samples (int64). The input split is not modified.
+    """
+    labels = split.labels
+    _check_target(target, labels)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"poison rate must be a fraction in [0, 1], got {rate}")
+    candidates = torch.nonzero(labels != target).flatten()
+    count = round(rate * labels.numel())
+    if count > candidates.numel():
+        raise ValueError(
+            f"poison rate {rate} asks for {count} samples but only {candidates.numel()} of {labels.numel()} "
+            f"are not of the target class {target}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
+    chosen = torch.sort(chosen).values
+    images = split.images.clone()
+    images[chosen] = apply_trigger(split.images[chosen], trigger)
+    new_labels = labels.clone()
+    new_labels[chosen] = target
+    return TensorSplit(images=images, labels=new_labels), chosen
+
+
+def triggered_split(split: TensorSplit, trigger: Trigger, *, target: int = 5) -> tuple[TensorSplit, torch.Tensor]:
+    """Every sample NOT of class ``target``, with the trigger on and its TRUE label kept; plus their indices."""
+    _check_target(target, split.labels)
+    keep = torch.nonzero(split.labels != target).flatten()
+    images = apply_trigger(split.images[keep], trigger)
+    return TensorSplit(images=images, labels=split.labels[keep].clone()), keep
+
+
+def _check_target(target: int, labels: torch.Tensor) -> None:
+    if labels.dtype != torch.int64 or labels.ndim != 1:
+        raise ValueError(f"labels must be an int64 tensor [N], got dtype {labels.dtype}, shape {tuple(labels.shape)}")
+    if target < 0:
+        raise ValueError(f"target class must be >= 0, got {target}")
+
+
+# ---------------------------------------------------------------------------------------------------- analysis
+
+
+def accuracy_per_exit(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Top-1 accuracy (%) of every exit, [E] float64."""
+    validate_logits(logits, labels)
+    return 100.0 * (np.asarray(logits).argmax(axis=-1) == np.asarray(labels)[None, :]).mean(axis=1)
+
+
+def attack_success_per_exit(logits: np.ndarray, target: int) -> np.ndarray:
+    """Share (%) of samples every exit predicts as ``target``, [E] (on triggered non-target inputs: the ASR)."""
+    logits = np.asarray(logits)
+    if logits.ndim != 3 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape [E, N, K] with N >= 1, got {logits.shape}")
+    if not 0 <= target < logits.shape[2]:
+        raise ValueError(f"target class {target} is not one of the {logits.shape[2]} classes")
+    return 100.0 * (logits.argmax(axis=-1) == target).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class EarlyExitOutcome:
+    """Early exit on one split at the threshold chosen on the clean holdout (accuracies in %)."""
+
+    accuracy: float
+    attack_success: float
+    cost_fraction: float
+    exit_histogram: list[int]
+
+
+@dataclass(frozen=True)
+class BackdoorResult:
+    """Everything ``sdn backdoor analyze`` reports (accuracies and attack success in %)."""
+
+    target: int
+    policy: str
+    tolerance: float
+    fallback: str
+    num_test: int
+    num_triggered: int
+    cnn_clean_accuracy: float
+    cnn_triggered_accuracy: float
+    cnn_attack_success: float
+    cnn_holdout_accuracy: float
+    sdn_clean_accuracy: list[float]
+    sdn_triggered_accuracy: list[float]
+    sdn_attack_success: list[float]
+    sdn_holdout_accuracy: list[float]
+    exit_fraction: list[float]
+    threshold: float
+    threshold_holdout_accuracy: float
+    threshold_holdout_cost: float
+    early_exit_clean: EarlyExitOutcome
+    early_exit_triggered: EarlyExitOutcome
+
+    def summary(self) -> dict[str, Any]:
+        """The summary.json document (keys in docs/internals.md, "Analysis outputs: backdoor, gradcam")."""
+        return {
+            "target": self.target,
+            "policy": self.policy,
+            "tolerance": self.tolerance,
+            "fallback": self.fallback,
+            "num_test": self.num_test,
+            "num_triggered": self.num_triggered,
+            "cnn": {
+                "clean_accuracy": self.cnn_clean_accuracy,
+                "triggered_accuracy": self.cnn_triggered_accuracy,
+                "attack_success": self.cnn_attack_success,
+                "holdout_accuracy": self.cnn_holdout_accuracy,
+            },
+            "sdn_final": {
+                "clean_accuracy": self.sdn_clean_accuracy[-1],
+                "triggered_accuracy": self.sdn_triggered_accuracy[-1],
+                "attack_success": self.sdn_attack_success[-1],
+                "holdout_accuracy": self.sdn_holdout_accuracy[-1],
+            },
+            "per_exit": {
+                "clean_accuracy": self.sdn_clean_accuracy,
+                "triggered_accuracy": self.sdn_triggered_accuracy,
+                "attack_success": self.sdn_attack_success,
+                "exit_fraction": self.exit_fraction,
+            },
+            "early_exit": {
+                "threshold": self.threshold,
+                "holdout_accuracy": self.threshold_holdout_accuracy,
+                "holdout_cost_fraction": self.threshold_holdout_cost,
+                "clean": asdict(self.early_exit_clean),
+                "triggered": asdict(self.early_exit_triggered),
+            },
+        }
+
+    def per_exit_rows(self) -> list[dict[str, Any]]:
+        """One row per SDN exit (the final head last) for per_exit.csv."""
+        num = len(self.sdn_clean_accuracy)
+        return [
+            {
+                "exit": e,
+                "name": "final" if e == num - 1 else f"IC{e + 1}",
+                "exit_fraction": self.exit_fraction[e],
+                "clean_accuracy": self.sdn_clean_accuracy[e],
+                "triggered_accuracy": self.sdn_triggered_accuracy[e],
+                "attack_success": self.sdn_attack_success[e],
+            }
+            for e in range(num)
+        ]
+
+
+def analyze(
+    cnn: Mapping[str, np.ndarray],
+    sdn: Mapping[str, np.ndarray],
+    *,
+    target: int = 5,
+    policy: str = "confidence",
+    tolerance: float = DEFAULT_TOLERANCE,
+    fallback: str = "final",
+) -> BackdoorResult:
+    """The backdoor measurements from two ``outputs.npz`` mappings (backdoored CNN, IC-only SDN built from it).
+
+    Both hold ``{split}_logits``/``{split}_labels`` for holdout, test and test_triggered (TRUE labels, no
+    target-class sample); the SDN also ``exit_fraction``. The early-exit threshold is chosen on the CLEAN holdout
+    exactly as :mod:`sdn.analysis.early_exit` does (the cheapest threshold of the default grid whose holdout
+    accuracy is at least the SDN final head's minus ``tolerance`` points), then replayed on the clean and the
+    triggered test sets.
+    """
+    early_exit.check_policy(policy)
+    early_exit.check_fallback(fallback)
+    cnn_splits = {split: load_split(cnn, split) for split in SPLITS}
+    sdn_splits = {split: load_split(sdn, split) for split in SPLITS}
+    for split in SPLITS:
+        if not np.array_equal(cnn_splits[split][1], sdn_splits[split][1]):
+            raise ValueError(
+                f"CNN and SDN outputs disagree on the {split} labels: were both evaluated on one data dir?"
+            )
+    triggered_labels = sdn_splits["test_triggered"][1]
+    if (triggered_labels == target).any():
+        raise ValueError(f"test_triggered holds samples of the target class {target}: wrong --target or data?")
+    num_exits = sdn_splits["test"][0].shape[0]
+    if num_exits < 2:
+        raise ValueError("the SDN outputs hold a single exit: pass the IC-only SDN's outputs as --sdn-outputs")
+    cost = exit_costs(sdn, num_exits)
+
+    def cnn_final(split: str, fn: str) -> float:
+        logits, labels = cnn_splits[split]
+        if fn == "attack":
+            return float(attack_success_per_exit(logits[-1:], target)[0])
+        return float(accuracy_per_exit(logits[-1:], labels)[0])
+
+    per_exit = {split: accuracy_per_exit(*sdn_splits[split]) for split in SPLITS}
+    probs = {split: softmax(sdn_splits[split][0]) for split in SPLITS}
+    grid = early_exit.default_thresholds(policy, num_exits)
+    table = early_exit.sweep(probs["holdout"], sdn_splits["holdout"][1], cost, policy, grid, fallback)
+    row = early_exit.choose_by_tolerance(table, float(per_exit["holdout"][-1]), tolerance)
+    threshold = early_exit.check_threshold(policy, row["threshold"])
+    outcomes = {}
+    for split in ("test", "test_triggered"):
+        result = early_exit.simulate(probs[split], sdn_splits[split][1], cost, policy, threshold, fallback)
+        outcomes[split] = EarlyExitOutcome(
+            accuracy=result.accuracy,
+            attack_success=float(100.0 * (result.predictions == target).mean()),
+            cost_fraction=result.avg_cost_fraction,
+            exit_histogram=result.exit_histogram.tolist(),
+        )
+    return BackdoorResult(
+        target=target,
+        policy=policy,
+        tolerance=tolerance,
+        fallback=fallback,
+        num_test=int(sdn_splits["test"][1].shape[0]),
+        num_triggered=int(triggered_labels.shape[0]),
+        cnn_clean_accuracy=cnn_final("test", "accuracy"),
+        cnn_triggered_accuracy=cnn_final("test_triggered", "accuracy"),
+        cnn_attack_success=cnn_final("test_triggered", "attack"),
+        cnn_holdout_accuracy=cnn_final("holdout", "accuracy"),
+        sdn_clean_accuracy=per_exit["test"].tolist(),
+        sdn_triggered_accuracy=per_exit["test_triggered"].tolist(),
+        sdn_attack_success=attack_success_per_exit(sdn_splits["test_triggered"][0], target).tolist(),
+        sdn_holdout_accuracy=per_exit["holdout"].tolist(),
+        exit_fraction=cost.tolist(),
+        threshold=float(threshold),
+        threshold_holdout_accuracy=float(row["accuracy"]),
+        threshold_holdout_cost=float(row["cost"]),
+        early_exit_clean=outcomes["test"],
+        early_exit_triggered=outcomes["test_triggered"],
+    )
+
+
+def backdoor_figure(result: BackdoorResult) -> Any:
+    """Per-exit accuracy on clean vs triggered inputs (TRUE labels) and attack success per exit."""
+    from sdn.report.plots import new_figure
+
+    rows = result.per_exit_rows()
+    x = np.arange(len(rows))
+    names = [row["name"] for row in rows]
+    fig, (left, right) = new_figure(1, 2, figsize=(10, 3.8))
+    left.plot(x, result.sdn_clean_accuracy, marker="o", label="SDN exit, clean")
+    left.plot(x, result.sdn_triggered_accuracy, marker="s", label="SDN exit, triggered")
+    left.axhline(result.cnn_triggered_accuracy, color="grey", linestyle=":", label="backdoored CNN, triggered")
+    left.axhline(result.early_exit_triggered.accuracy, color="tab:red", linestyle="--", label="early exit, triggered")
+    left.set_ylabel("accuracy vs true labels (%)")
+    left.set_title("Accuracy per exit")
+    right.bar(x, result.sdn_attack_success, color="tab:purple")
+    right.axhline(result.cnn_attack_success, color="grey", linestyle=":", label="backdoored CNN")
+    right.set_ylabel(f"predicted as target class {result.target} (%)")
+    right.set_title("Attack success per exit (triggered inputs)")
+    for axis in (left, right):
+        axis.set_xticks(x, names)
+        axis.set_ylim(0, 100)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig

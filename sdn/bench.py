@@ -1,0 +1,363 @@
+"""``sdn bench``: training and evaluation throughput of the reference engine against the fast engine.
+
+Both engines run the same model, loss and optimizer in one process, one after the other:
+
+- reference: the original's way — torchvision-style ``DataLoader`` over PIL images with the standard transforms in
+  worker processes, eager fp32, and after every epoch an evaluation of the test set and of the whole training set;
+- fast: the uint8 split resident on the device, augmentation there in batch, channels_last, bf16 autocast and the
+  training step replayed as a CUDA graph on a GPU; after every epoch only the held-out split is evaluated.
+
+Images/s are medians over timed windows after a warm-up. An epoch's time is projected from the measured rates
+with CIFAR-10's sizes, which is what the paper grid's projection uses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdn.config import Recipe, paper_recipe
+from sdn.cost import profile_model
+from sdn.data import DatasetInfo, DeviceLoader, TensorSplit
+from sdn.graphs import GraphedTrainStep
+from sdn.models import MultiExitNet
+from sdn.reference import reference_loader
+from sdn.train import build_model, build_optimizer, exit_weights, freeze_backbone, loss_fn, set_train_mode
+
+log = logging.getLogger(__name__)
+
+# CIFAR-10 with a 5,000-image held-out split (the fast engine's per-epoch evaluation), and the original's
+# per-epoch evaluation of the 10,000 test images and the 50,000 training images.
+EPOCH_SIZES = {"train": 45_000, "holdout": 5_000, "reference_eval": 60_000}
+PAPER_EPOCHS = {"cnn": 100, "ic_only": 25, "sdn": 100}
+ARCHS = ("resnet56", "mobilenet", "vgg16bn", "wrn32_4")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    device: torch.device
+    batch_size: int = 128
+    steps: int = 30
+    warmup: int = 5
+    windows: int = 3
+    eval_batch: int = 512
+    workers: int = 4
+    input_size: int = 32
+    num_classes: int = 10
+
+
+def synthetic_split(n: int, settings: BenchSettings, seed: int = 0) -> tuple[TensorSplit, DatasetInfo]:
+    gen = torch.Generator().manual_seed(seed)
+    size = settings.input_size
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, settings.num_classes, (n,), generator=gen)
+    info = DatasetInfo(
+        name="synthetic-bench",
+        num_classes=settings.num_classes,
+        input_size=size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        crop_padding=4 if size == 32 else 8,
+        color_jitter=0.0,
+        classes=tuple(str(i) for i in range(settings.num_classes)),
+    )
+    return TensorSplit(images, labels), info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cycle(
+    make: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield from make()
+
+
+def timed_rate(
+    step: Callable[[torch.Tensor, torch.Tensor], Any],
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    settings: BenchSettings,
+) -> float:
+    """Median images/s over ``windows`` windows of ``steps`` full batches each, after ``warmup`` batches."""
+    for x, y in itertools.islice(batches, settings.warmup):
+        step(x, y)
+    rates = []
+    for _ in range(settings.windows):
+        _sync(settings.device)
+        start = time.perf_counter()
+        images = 0
+        for x, y in itertools.islice(batches, settings.steps):
+            step(x, y)
+            images += int(y.shape[0])
+        _sync(settings.device)
+        rates.append(images / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _prepare_model(arch: str, recipe: Recipe, settings: BenchSettings, channels_last: bool) -> MultiExitNet:
+    torch.manual_seed(0)
+    model = build_model(arch, recipe, num_classes=settings.num_classes, input_size=settings.input_size)
+    if recipe.kind == "ic_only":
+        freeze_backbone(model)
+    model.to(settings.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _trainable(model: MultiExitNet, recipe: Recipe) -> list[nn.Parameter]:
+    return model.exit_parameters() if recipe.kind == "ic_only" else list(model.parameters())
+
+
+def reference_train_rate(arch: str, recipe: Recipe, split: TensorSplit, info: DatasetInfo, s: BenchSettings) -> float:
+    model = _prepare_model(arch, recipe, s, channels_last=False)
+    optimizer = torch.optim.SGD(_trainable(model, recipe), lr=1e-3, momentum=0.9)  # eager, per-parameter loops
+    weights = exit_weights(recipe, 1, model.num_exits)
+    set_train_mode(model, recipe)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y, weights)
+        loss.backward()
+        optimizer.step()
+
+    def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(
+            reference_loader(split, info, batch_size=s.batch_size, augment=True, shuffle=True, workers=s.workers)
+        )
+
+    return timed_rate(step, _cycle(epoch), s)
+
+
+def fast_train_rate(
+    arch: str, recipe: Recipe, split: TensorSplit, info: DatasetInfo, s: BenchSettings
+) -> tuple[float, bool]:
+    """Images/s of the fast engine, and whether the CUDA graph was used."""
+    cuda = s.device.type == "cuda"
+    model = _prepare_model(arch, recipe, s, channels_last=True)
+    optimizer = build_optimizer(_trainable(model, recipe), recipe, s.device)
+    weights = exit_weights(recipe, 1, model.num_exits)
+    set_train_mode(model, recipe)
+    loader = DeviceLoader(
+        split, info, batch_size=s.batch_size, shuffle=True, augment=True, device=s.device, seed=0, drop_last=True
+    )
+    graphed = False
+    if cuda:
+        try:
+            graph_step = GraphedTrainStep(
+                model,
+                optimizer,
+                num_outputs=model.num_exits,
+                active=[w != 0 for w in weights],
+                amp=True,
+                channels_last=True,
+            )
+            graph_step.set_weights(weights)
+            rate = timed_rate(graph_step, _cycle(lambda: iter(loader)), s)
+            return rate, True
+        except RuntimeError as err:  # capture unsupported here: measure the eager fast step instead
+            log.warning("CUDA graph capture failed (%s); measuring the eager fast step", err)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            outputs = model(x.contiguous(memory_format=torch.channels_last))
+        loss_fn(outputs, y, weights).backward()
+        optimizer.step()
+
+    return timed_rate(step, _cycle(lambda: iter(loader)), s), graphed
+
+
+@torch.inference_mode()
+def eval_rate(arch: str, split: TensorSplit, info: DatasetInfo, s: BenchSettings, engine: str) -> float:
+    recipe = paper_recipe("sdn", arch)
+    fast = engine == "fast"
+    model = _prepare_model(arch, recipe, s, channels_last=fast).eval()
+    if fast:
+        loader: Any = DeviceLoader(
+            split,
+            info,
+            batch_size=s.eval_batch,
+            shuffle=False,
+            augment=False,
+            device=s.device,
+            seed=0,
+            drop_last=True,
+            channels_last=True,
+        )
+        autocast: Any = torch.autocast("cuda", dtype=torch.bfloat16) if s.device.type == "cuda" else nullcontext()
+        batches = _cycle(lambda: iter(loader))
+    else:
+        autocast = nullcontext()
+        batches = _cycle(
+            lambda: iter(
+                reference_loader(
+                    split, info, batch_size=s.batch_size, augment=False, shuffle=False, workers=s.workers
+                )
+            )
+        )
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        del y
+        with autocast:
+            model(x.to(s.device, non_blocking=True))
+
+    return timed_rate(step, batches, s)
+
+
+def bench_arch(arch: str, settings: BenchSettings, kinds: tuple[str, ...]) -> dict[str, Any]:
+    n = settings.batch_size * (settings.steps + settings.warmup + 1)
+    split, info = synthetic_split(max(n, settings.eval_batch * (settings.steps + settings.warmup + 1)), settings)
+    sdn_model = build_model(
+        arch, paper_recipe("sdn", arch), num_classes=settings.num_classes, input_size=settings.input_size
+    )
+    cost = profile_model(sdn_model, settings.input_size)
+    forward_macs = float(cost.exits[-1].macs)
+    train_flops_per_image = 3 * 2 * forward_macs  # forward + backward ~ 3x the forward's 2*MACs
+    result: dict[str, Any] = {"arch": arch, "forward_macs_per_image": forward_macs, "recipes": {}}
+    evals = {engine: eval_rate(arch, split, info, settings, engine) for engine in ("reference", "fast")}
+    result["eval_images_per_s"] = evals
+    for kind in kinds:
+        recipe = paper_recipe(kind, arch)
+        ref = reference_train_rate(arch, recipe, split, info, settings)
+        fast, graphed = fast_train_rate(arch, recipe, split, info, settings)
+        ref_epoch = EPOCH_SIZES["train"] / ref + EPOCH_SIZES["reference_eval"] / evals["reference"]
+        fast_epoch = EPOCH_SIZES["train"] / fast + EPOCH_SIZES["holdout"] / evals["fast"]
+        result["recipes"][kind] = {
+            "reference_train_images_per_s": ref,
+            "fast_train_images_per_s": fast,
+            "train_speedup": fast / ref,
+            "cuda_graph": graphed,
+            "reference_epoch_s": ref_epoch,
+            "fast_epoch_s": fast_epoch,
+            "epoch_speedup": ref_epoch / fast_epoch,
+            "fast_tflops": fast * train_flops_per_image / 1e12,
+            "reference_tflops": ref * train_flops_per_image / 1e12,
+        }
+        log.info(
+            "%s %s: reference %.0f img/s, fast %.0f img/s (x%.2f), epoch %.1fs -> %.1fs",
+            arch,
+            kind,
+            ref,
+            fast,
+            fast / ref,
+            ref_epoch,
+            fast_epoch,
+        )
+    return result
+
+
+def project_paper_grid(results: list[dict[str, Any]], concurrency: int = 1) -> dict[str, Any]:
+    """Wall time of CNN + IC-only + SDN training at the paper's epochs for every benchmarked architecture.
+
+    The CNN epoch is taken as the SDN's (the ICs add a few percent); ``concurrency`` jobs share the GPU, which the
+    projection credits only as far as a measured concurrency gain allows (pass the measured aggregate/single ratio).
+    """
+    per_arch = {}
+    for r in results:
+        recipes = r["recipes"]
+        sdn_epoch = recipes["sdn"]["fast_epoch_s"]
+        ic_epoch = recipes.get("ic_only", recipes["sdn"])["fast_epoch_s"]
+        ref_sdn = recipes["sdn"]["reference_epoch_s"]
+        ref_ic = recipes.get("ic_only", recipes["sdn"])["reference_epoch_s"]
+        per_arch[r["arch"]] = {
+            "fast_s": (PAPER_EPOCHS["cnn"] + PAPER_EPOCHS["sdn"]) * sdn_epoch + PAPER_EPOCHS["ic_only"] * ic_epoch,
+            "reference_s": (PAPER_EPOCHS["cnn"] + PAPER_EPOCHS["sdn"]) * ref_sdn + PAPER_EPOCHS["ic_only"] * ref_ic,
+        }
+    serial_fast = sum(v["fast_s"] for v in per_arch.values())
+    return {
+        "per_arch": per_arch,
+        "serial_fast_minutes": serial_fast / 60,
+        "serial_reference_minutes": sum(v["reference_s"] for v in per_arch.values()) / 60,
+        "concurrency_gain": concurrency,
+        "projected_fast_minutes": serial_fast / 60 / max(concurrency, 1),
+    }
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def early_exit_timing(
+    checkpoint: str, data_dir: str, device: torch.device, *, tolerance: float = 0.5, batch_sizes=(1, 256)
+) -> dict[str, Any]:
+    """Online early exit of a trained SDN against its full network, at the threshold chosen on the held-out split.
+
+    Reports the measured latency saving beside the saving the op counts predict for the same exits.
+    """
+    import numpy as np
+
+    from sdn.analysis.arrays import softmax
+    from sdn.analysis.early_exit import choose_by_tolerance, simulate, sweep
+    from sdn.data import load_prepared
+    from sdn.evaluate import collect_logits
+    from sdn.inference import early_exit_forward, time_inference
+    from sdn.train import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint, device)
+    model.eval()
+    data = load_prepared(data_dir)
+    costs = np.array([e["fraction"] for e in meta["cost"]["exits"]], dtype=np.float64)
+
+    def logits_of(split_name: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        split = data.split(split_name)
+        loader = DeviceLoader(split, data.info, batch_size=512, shuffle=False, augment=False, device=device, seed=0)
+        images = torch.cat([x for x, _ in loader])
+        logits, labels = collect_logits(model, loader)
+        return logits, labels, images
+
+    hold_logits, hold_labels, _ = logits_of("holdout")
+    test_logits, test_labels, test_images = logits_of("test")
+    table = sweep(softmax(hold_logits), hold_labels, costs, "confidence")
+    final_acc = float((hold_logits[-1].argmax(1) == hold_labels).mean() * 100)
+    threshold = float(choose_by_tolerance(table, final_acc, tolerance)["threshold"])
+    offline = simulate(softmax(test_logits), test_labels, costs, "confidence", threshold)
+    online_pred, online_exit = early_exit_forward(model, test_images, "confidence", threshold)
+    agree = bool(
+        np.array_equal(online_pred.cpu().numpy(), offline.predictions)
+        and np.array_equal(online_exit.cpu().numpy(), offline.exit_index)
+    )
+    cnn_ops = float(meta["cost"]["cnn"]["ops"])
+    result: dict[str, Any] = {
+        "threshold": threshold,
+        "test_accuracy": offline.accuracy,
+        "final_test_accuracy": float((test_logits[-1].argmax(1) == test_labels).mean() * 100),
+        "avg_cost_fraction": offline.avg_cost_fraction,
+        "predicted_saving": 1.0 - offline.avg_cost_fraction,
+        "online_matches_offline": agree,
+        "cnn_ops": cnn_ops,
+        "batches": {},
+    }
+    for batch in batch_sizes:
+        n = min(len(test_labels), 256 if batch == 1 else 4096)
+        timing = time_inference(model, test_images[:n], batch, "confidence", threshold, device=device, repeats=3)
+        measured = 1.0 - timing["early_exit"]["median_latency_ms"] / timing["cnn"]["median_latency_ms"]
+        if batch != 1:
+            measured = 1.0 - timing["cnn"]["throughput_per_s"] / timing["early_exit"]["throughput_per_s"]
+        timing["measured_saving"] = measured
+        timing["saving_ratio"] = measured / result["predicted_saving"] if result["predicted_saving"] > 0 else None
+        result["batches"][str(batch)] = timing
+    return result

@@ -1,0 +1,103 @@
+"""``sdn bench``: images/s of training and evaluation under the reference and the fast engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+NAME = "bench"
+HELP = (
+    "Benchmark training/evaluation throughput of the reference engine (PIL DataLoader, eager fp32, full per-epoch "
+    "evaluation) against the fast engine (device-resident data, channels_last, bf16, CUDA graph), and online early "
+    "exit of a trained SDN. Writes JSON and prints a table."
+)
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--archs", default="resnet56,mobilenet,vgg16bn,wrn32_4", help="comma-separated architectures")
+    parser.add_argument("--recipes", default="sdn,ic_only", help="recipes to time (cnn ~ sdn)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per window")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference engine")
+    parser.add_argument("--input-size", type=int, default=32, choices=(32, 64))
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--concurrency", type=float, default=1.0, help="measured gain of jobs sharing a GPU")
+    parser.add_argument("--early-exit-checkpoint", help="a trained SDN model.pt: time online early exit")
+    parser.add_argument("--early-exit-data", help="prepared data folder of that checkpoint")
+    parser.add_argument("--json-out", help="write the results here (JSON)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdn import bench, io
+    from sdn.device import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(torch.get_num_threads(), 1))
+    settings = bench.BenchSettings(
+        device=device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        windows=args.windows,
+        workers=args.workers,
+        input_size=args.input_size,
+        num_classes=args.num_classes,
+    )
+    kinds = tuple(k for k in args.recipes.split(",") if k)
+    results = [bench.bench_arch(a, settings, kinds) for a in args.archs.split(",") if a]
+    document = {
+        "environment": bench.environment(device),
+        "settings": {k: str(v) for k, v in vars(settings).items()},
+        "archs": results,
+        "projection": bench.project_paper_grid(results, concurrency=args.concurrency) if "sdn" in kinds else None,
+    }
+    if args.early_exit_checkpoint:
+        if not args.early_exit_data:
+            raise ValueError("--early-exit-checkpoint needs --early-exit-data (its prepared data folder)")
+        document["early_exit"] = bench.early_exit_timing(args.early_exit_checkpoint, args.early_exit_data, device)
+    print(_table(document))
+    if args.json_out:
+        io.write_json(args.json_out, document)
+    else:
+        print(json.dumps(document, indent=2, default=str))
+    return 0
+
+
+def _table(document: dict) -> str:
+    lines = [f"device: {document['environment'].get('gpu', document['environment']['device'])}"]
+    lines.append(
+        f"{'arch':10s} {'recipe':8s} {'ref img/s':>10s} {'fast img/s':>11s} {'x':>6s} "
+        f"{'epoch ref s':>11s} {'epoch fast s':>12s} {'x':>6s} {'TFLOP/s':>8s} graph"
+    )
+    for arch in document["archs"]:
+        for kind, r in arch["recipes"].items():
+            lines.append(
+                f"{arch['arch']:10s} {kind:8s} {r['reference_train_images_per_s']:10.0f} "
+                f"{r['fast_train_images_per_s']:11.0f} {r['train_speedup']:6.2f} {r['reference_epoch_s']:11.1f} "
+                f"{r['fast_epoch_s']:12.1f} {r['epoch_speedup']:6.2f} {r['fast_tflops']:8.2f} {r['cuda_graph']}"
+            )
+    projection = document.get("projection")
+    if projection:
+        lines.append(
+            "paper grid (CNN+IC-only+SDN at 100/25/100 epochs, these archs): fast "
+            f"{projection['serial_fast_minutes']:.1f} min serial, "
+            f"{projection['projected_fast_minutes']:.1f} min at concurrency gain "
+            f"{projection['concurrency_gain']}; reference {projection['serial_reference_minutes']:.1f} min"
+        )
+    ee = document.get("early_exit")
+    if ee:
+        for batch, t in ee["batches"].items():
+            lines.append(
+                f"early exit batch {batch}: predicted saving {ee['predicted_saving']:.1%}, measured "
+                f"{t['measured_saving']:.1%} (ratio {t['saving_ratio']}), "
+                f"online==offline {ee['online_matches_offline']}"
+            )
+    return "\n".join(lines)

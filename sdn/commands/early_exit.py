@@ -1,0 +1,86 @@
+"""``sdn early-exit``: simulate early exits over a cached ``outputs.npz`` and choose thresholds (paper §5.1)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+NAME = "early-exit"
+HELP = (
+    "Early exits: sweep confidence/entropy/patience thresholds, choose them on the held-out split "
+    "(accuracy tolerance, cost budgets) and report them on the test split."
+)
+
+log = logging.getLogger(__name__)
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in _csv_list(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--outputs", type=Path, required=True, help="outputs.npz written by `sdn evaluate`")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--policies", type=_csv_list, default="confidence,entropy,patience", help="comma-separated exit policies"
+    )
+    parser.add_argument(
+        "--fallback",
+        choices=("final", "most-confident"),
+        default="final",
+        help="answer when no IC fires: the final classifier, or the most confident output (the original code)",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=0.5, help="accuracy points below the final exit the tolerance rule allows"
+    )
+    parser.add_argument(
+        "--budgets", type=_float_list, default="0.25,0.5,0.75", help="cost budgets as fractions of the CNN's cost"
+    )
+    parser.add_argument("--split-choose", default="holdout", help="split the thresholds are chosen on")
+    parser.add_argument("--split-report", default="test", help="split the chosen thresholds are reported on")
+
+
+def run(args: argparse.Namespace) -> int:
+    write_early_exit(
+        args.outputs,
+        args.out,
+        policies=args.policies,
+        fallback=args.fallback,
+        tolerance=args.tolerance,
+        budgets=args.budgets,
+        split_choose=args.split_choose,
+        split_report=args.split_report,
+    )
+    return 0
+
+
+def write_early_exit(outputs: Path, out_dir: Path, **options: Any) -> dict[str, Any]:
+    """Run :func:`sdn.analysis.early_exit.analyse` and write sweep_{policy}.csv, chosen.csv, chosen.md,
+    summary.json, accuracy_vs_cost.{png,pdf} and exit_histogram.{png,pdf} into ``out_dir``; return the summary."""
+    from sdn.analysis import early_exit as ee
+    from sdn.analysis.arrays import load_outputs
+    from sdn.io import atomic_path, write_json, write_text
+
+    result = ee.analyse(load_outputs(outputs), **options)
+    out_dir = Path(out_dir)
+    for policy, table in result["sweeps"].items():
+        with atomic_path(out_dir / f"sweep_{policy}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "chosen.csv") as tmp:
+        result["chosen"].to_csv(tmp, index=False)
+    write_text(out_dir / "chosen.md", ee.chosen_markdown(result["chosen"], result["summary"]["split_report"]))
+    summary = {"outputs": str(outputs), **result["summary"]}
+    write_json(out_dir / "summary.json", summary)
+    ee.plot_accuracy_vs_cost(result, str(out_dir / "accuracy_vs_cost"))
+    ee.plot_exit_histogram(result, str(out_dir / "exit_histogram"))
+    log.info("early-exit analysis of %s written to %s", outputs, out_dir)
+    return summary

@@ -1,0 +1,107 @@
+"""``sdn gradcam``: Grad-CAM of the first IC vs the final classifier on destructive samples (a figure grid)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+NAME = "gradcam"
+HELP = "Grad-CAM of IC1 vs the final classifier on samples IC1 gets right and the final head gets wrong."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="SDN model.pt (with internal classifiers)")
+    parser.add_argument("--data", required=True, help="prepared data folder the outputs were computed on")
+    parser.add_argument("--outputs", required=True, help="outputs.npz of the same model (sdn evaluate)")
+    parser.add_argument("--out", required=True, help="folder for gradcam.{png,pdf} and samples.csv")
+    parser.add_argument("--split", default="test", help="split to draw samples from")
+    parser.add_argument("--max-samples", type=int, default=8, help="rows of the figure")
+    parser.add_argument("--device", default="cpu", help="torch device for the model")
+
+
+def run(args: argparse.Namespace) -> int:
+    make_gradcam(
+        args.checkpoint,
+        args.data,
+        args.outputs,
+        args.out,
+        split=args.split,
+        max_samples=args.max_samples,
+        device=args.device,
+    )
+    return 0
+
+
+def make_gradcam(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    outputs: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    max_samples: int = 8,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Select destructive samples from the cached outputs, compute both CAMs, write the figure and samples.csv."""
+    from sdn.analysis.arrays import load_split
+    from sdn.analysis.gradcam import grad_cam, gradcam_figure, select_destructive
+    from sdn.data import DeviceLoader, TensorSplit, load_prepared
+    from sdn.io import write_text
+    from sdn.report.plots import savefig
+    from sdn.train import load_checkpoint
+
+    outputs_file = Path(outputs)
+    if not outputs_file.is_file():
+        raise FileNotFoundError(f"no outputs file {outputs_file}; run `sdn evaluate` first")
+    with np.load(outputs_file) as arrays:
+        logits, labels = load_split({k: arrays[k] for k in arrays.files}, split)
+    data = load_prepared(data_dir)
+    samples = data.split(split)
+    if not np.array_equal(samples.labels.numpy(), labels):
+        raise ValueError(f"{outputs_file} was not computed on the {split!r} split of {data_dir}: labels differ")
+    model, meta = load_checkpoint(checkpoint, device)
+    if model.num_exits < 2:
+        raise ValueError(f"{checkpoint} has no internal classifier: Grad-CAM compares IC1 with the final head")
+    if logits.shape[0] != model.num_exits:
+        raise ValueError(f"{outputs_file} holds {logits.shape[0]} exits but {checkpoint} has {model.num_exits}")
+
+    chosen = select_destructive(logits, labels, max_samples)
+    index = torch.from_numpy(chosen.indices)
+    subset = TensorSplit(images=samples.images[index], labels=samples.labels[index])
+    loader = DeviceLoader(
+        subset, data.info, batch_size=len(subset), shuffle=False, augment=False, device=device, seed=0
+    )
+    inputs, _ = next(iter(loader))
+    predictions = logits[:, chosen.indices].argmax(axis=-1)  # [E, n]
+    first_pred, final_pred = predictions[0].tolist(), predictions[-1].tolist()
+    cams_first = grad_cam(model, inputs, exit_index=0, target_classes=first_pred)
+    cams_final = grad_cam(model, inputs, exit_index=-1, target_classes=final_pred)
+
+    classes = list(data.info.classes)
+    table = pd.DataFrame(
+        {
+            "row": np.arange(len(subset)),
+            "index": chosen.indices,
+            "label": subset.labels.numpy(),
+            "label_name": [classes[int(c)] for c in subset.labels],
+            "ic1_prediction": first_pred,
+            "final_prediction": final_pred,
+            "rule": chosen.rule,
+        }
+    )
+    titles = [
+        f"#{i}: true {classes[t]}\nIC1 {classes[a]} / final {classes[b]}"
+        for i, t, a, b in zip(chosen.indices, table["label"], first_pred, final_pred, strict=True)
+    ]
+    out = Path(out_dir)
+    savefig(gradcam_figure(subset.images.numpy(), cams_first, cams_final, titles), out / "gradcam")
+    write_text(out / "samples.csv", table.to_csv(index=False))
+    log.info("Grad-CAM of %d samples (%s) -> %s", len(subset), chosen.rule, out)
+    return table

@@ -1,0 +1,55 @@
+"""``sdn profile``: parameters, MACs and paper-convention ops of an architecture's CNN and of every exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "profile"
+HELP = "Print the parameters, MACs and ops (paper convention) of the CNN and of reaching every exit."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", required=True, help="registered architecture (see `sdn archs`)")
+    parser.add_argument("--dataset", required=True, help="cifar10, cifar100, tinyimagenet or digits")
+    parser.add_argument(
+        "--exits", default="paper", help="paper | paper-original | none | cost:0.15,0.3,... | 1,3,5 (block indices)"
+    )
+    parser.add_argument(
+        "--convention",
+        default="paper",
+        choices=("paper", "exact"),
+        help="ops convention: 'paper' counts grouped convs like the original profiler (x groups)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON document instead of a table")
+
+
+def parse_exits(text: str) -> str | list[int]:
+    """A comma-separated list of integers becomes block indices; anything else is passed on as a name."""
+    tokens = [t.strip() for t in text.split(",")]
+    if tokens and all(t.lstrip("-").isdigit() for t in tokens):
+        return [int(t) for t in tokens]
+    return text
+
+
+def format_table(doc: dict) -> str:
+    cnn = doc["cnn"]
+    lines = [
+        f"{doc['arch']} on {doc['dataset']}",
+        f"CNN: {cnn['params'] / 1e6:.4f} M params, {cnn['macs'] / 1e9:.4f} G MACs, {cnn['ops'] / 1e9:.4f} G ops",
+        f"{'exit':>5} {'params (M)':>10}  {'MACs (G)':>9}  {'ops (G)':>9}  {'of CNN':>7}",
+    ]
+    last = len(doc["exits"]) - 1
+    for e in doc["exits"]:
+        name = "final" if e["index"] == last else str(e["index"])
+        costs = f"{e['params'] / 1e6:10.4f}  {e['macs'] / 1e9:9.4f}  {e['ops'] / 1e9:9.4f}"
+        lines.append(f"{name:>5} {costs}  {e['fraction']:7.1%}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdn.cost import profile_arch
+
+    doc = profile_arch(args.arch, args.dataset, parse_exits(args.exits), convention=args.convention)
+    print(json.dumps(doc, indent=2) if args.json else format_table(doc))
+    return 0

@@ -1,0 +1,114 @@
+"""``sdn train``: train one network with one of the paper's recipes (cnn, ic_only, sdn)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sdn.config import BACKBONE_MODES, RECIPE_KINDS
+from sdn.device import DEVICE_CHOICES
+
+NAME = "train"
+HELP = "Train a CNN, the ICs of a trained CNN (ic_only) or a whole SDN; resumes from out/last.pt."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, choices=RECIPE_KINDS, help="training recipe")
+    parser.add_argument("--arch", required=True, help="architecture name (see `sdn archs`)")
+    parser.add_argument("--data", required=True, type=Path, help="prepared data folder (sdn prepare-data)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder: model.pt, meta.json, history.csv")
+    parser.add_argument("--parent", type=Path, help="trained cnn model.pt (required by --recipe ic_only)")
+    parser.add_argument("--epochs", type=int, help="override the epochs (milestones scale proportionally)")
+    parser.add_argument("--lr", type=float, help="override the initial learning rate")
+    parser.add_argument("--batch-size", type=int, help="override the batch size")
+    parser.add_argument("--weight-decay", type=float, help="override the weight decay")
+    parser.add_argument("--seed", type=int, default=1221, help="random seed (the paper's is 1221)")
+    parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N")
+    parser.add_argument(
+        "--allow-cpu-fallback", action="store_true", help="train on the CPU with a warning if no GPU is available"
+    )
+    parser.add_argument("--engine", default="fast", choices=("fast", "reference"), help="data/step engine")
+    parser.add_argument(
+        "--exits", default="paper", help="paper | paper-original | cost:0.15,0.3,... | comma-separated block indices"
+    )
+    parser.add_argument(
+        "--backbone-mode",
+        choices=BACKBONE_MODES,
+        help="ic_only: keep the frozen backbone in eval mode (default) or train mode (the original's behaviour)",
+    )
+    parser.add_argument("--max-train-samples", type=int, help="use only the first N training images")
+    parser.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on (fast engine)"
+    )
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast; default: on CUDA"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def parse_exits(text: str) -> str | list[int]:
+    """``"2,5,9"`` -> [2, 5, 9]; any other text is passed on as a named placement."""
+    parts = [p.strip() for p in text.split(",")]
+    if all(p.isdigit() for p in parts):
+        return [int(p) for p in parts]
+    return text
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "weight_decay": "weight_decay"}
+    overrides = {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+    if args.backbone_mode is not None:
+        overrides["backbone_mode"] = args.backbone_mode
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdn.config import paper_recipe
+    from sdn.io import read_json
+    from sdn.tracking import track
+    from sdn.train import train
+
+    recipe = paper_recipe(args.recipe, args.arch).with_overrides(recipe_overrides(args))
+    exits = parse_exits(args.exits)
+    params = {
+        "arch": args.arch,
+        "data": str(args.data),
+        "seed": args.seed,
+        "device": args.device,
+        "engine": args.engine,
+        "exits": args.exits,
+        "parent": str(args.parent) if args.parent else None,
+        "max_train_samples": args.max_train_samples,
+        **{f"recipe.{k}": v for k, v in recipe.to_dict().items()},
+    }
+    with track(NAME, params=params, out_dir=args.out) as tracked:
+        model_path = train(
+            arch=args.arch,
+            recipe=recipe,
+            data_dir=args.data,
+            out_dir=args.out,
+            seed=args.seed,
+            device=args.device,
+            allow_cpu_fallback=args.allow_cpu_fallback,
+            parent=args.parent,
+            exits=exits,
+            engine=args.engine,
+            max_train_samples=args.max_train_samples,
+            channels_last=args.channels_last,
+            amp=args.amp,
+            compile_model=args.compile,
+            on_epoch=lambda epoch, metrics: tracked.log_metrics(_numeric(metrics), step=epoch),
+        )
+        meta = read_json(model_path.parent / "meta.json")
+        final = {f"final_holdout_top1_exit{i}": a for i, a in enumerate(meta["holdout_accuracy"])}
+        tracked.log_metrics(final)
+        tracked.set_tags({"variant": recipe.kind, "arch": args.arch, "dataset": meta["dataset"]})
+        for name in ("meta.json", "history.csv"):
+            tracked.log_artifact(model_path.parent / name)
+    print(model_path)
+    return 0
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, int | float)}

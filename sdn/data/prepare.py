@@ -1,0 +1,187 @@
+"""Decode a data set once into uint8 tensor files (train / holdout / test) plus meta.json, and read them back.
+
+Files in a prepared folder (docs/internals.md "Prepared data"): ``{split}.pt`` =
+``{"images": uint8 [N,3,H,W], "labels": int64 [N], "indices": int64 [N]}`` (``indices``: positions in the data
+set's original train or test split, so the held-out images are recorded), and ``meta.json``, written last: a folder
+without meta.json is never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdn.data.datasets import (
+    DatasetInfo,
+    SyntheticSpec,
+    augmentation_params,
+    check_name,
+    compute_stats,
+    load_raw,
+    stats_for,
+)
+from sdn.data.splits import holdout_size, holdout_split, subsample
+from sdn.io import load_torch, read_json, save_torch, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "holdout", "test")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TensorSplit:
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 [N,3,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels shape {tuple(self.labels.shape)} does not match {self.images.shape[0]} images")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class PreparedData:
+    path: Path
+    meta: dict[str, Any]
+    info: DatasetInfo
+    _cache: dict[str, TensorSplit] = field(default_factory=dict, repr=False)
+
+    def split(self, name: str) -> TensorSplit:
+        if name not in self._cache:
+            file = self.path / f"{name}.pt"
+            if not file.is_file():
+                present = sorted(p.stem for p in self.path.glob("*.pt"))
+                raise FileNotFoundError(f"no split {name!r} in {self.path} (present: {', '.join(present) or 'none'})")
+            blob = load_torch(file)
+            self._cache[name] = TensorSplit(blob["images"], blob["labels"])
+        return self._cache[name]
+
+
+def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
+    folder = Path(path)
+    meta_file = folder / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"no prepared data at {folder} ({meta_file.name} missing); run `sdn prepare-data`")
+    meta = read_json(meta_file)
+    return PreparedData(folder, meta, DatasetInfo.from_meta(meta))
+
+
+def prepare(
+    name: str,
+    *,
+    data_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    holdout: int | float | None = None,
+    seed: int = 0,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    normalization: str = "dataset",
+    url: str | None = None,
+    local_path: str | os.PathLike[str] | None = None,
+    checksum: str | None = None,
+    synthetic: SyntheticSpec | None = None,
+) -> Path:
+    """Prepare data set ``name`` into ``out_dir`` and return ``out_dir``; reuse it when its request matches.
+
+    ``max_train`` caps the training pool (before the held-out split is carved from it); ``max_test`` the test set;
+    both subsample seeded and stratified. ``holdout``: see :func:`sdn.data.splits.holdout_size`.
+    """
+    check_name(name)
+    stats_for(name, normalization)  # validates the option before any work
+    out = Path(out_dir)
+    request = _request(name, data_root, holdout, seed, max_train, max_test, normalization, local_path, synthetic)
+    if _is_current(out, request):
+        log.info("prepared data at %s is up to date", out)
+        return out
+
+    raw = load_raw(name, data_root=data_root, url=url, local_path=local_path, checksum=checksum, synthetic=synthetic)
+    pool = subsample(raw.train.labels, max_train, seed, stream=1)
+    test_idx = subsample(raw.test.labels, max_test, seed, stream=2)
+    n_hold = holdout_size(len(pool), holdout)
+    train_pos, hold_pos = holdout_split(raw.train.labels[pool], n_hold, seed)
+    train_idx, hold_idx = pool[train_pos], pool[hold_pos]
+
+    log.info("decoding %s: %d train, %d holdout, %d test", name, len(train_idx), len(hold_idx), len(test_idx))
+    train_images = raw.train.load(train_idx)
+    fixed = stats_for(name, normalization)
+    mean, std = fixed if fixed is not None else compute_stats(train_images)
+    crop_padding, color_jitter = augmentation_params(name, raw.input_size)
+
+    meta_file = out / "meta.json"
+    meta_file.unlink(missing_ok=True)  # the folder is untrusted until the new meta.json lands
+    _save_split(out / "train.pt", train_images, raw.train.labels[train_idx], train_idx)
+    del train_images
+    _save_split(out / "holdout.pt", raw.train.load(hold_idx), raw.train.labels[hold_idx], hold_idx)
+    _save_split(out / "test.pt", raw.test.load(test_idx), raw.test.labels[test_idx], test_idx)
+    meta = {
+        "dataset": name,
+        "num_classes": raw.num_classes,
+        "input_size": raw.input_size,
+        "mean": list(mean),
+        "std": list(std),
+        "normalization": normalization,
+        "crop_padding": crop_padding,
+        "color_jitter": color_jitter,
+        "classes": list(raw.classes),
+        "sizes": {"train": len(train_idx), "holdout": len(hold_idx), "test": len(test_idx)},
+        "holdout_seed": seed,
+        "holdout_indices": "holdout.pt['indices'] (positions in the original training split)",
+        "source": {**raw.source, "original_sizes": {"train": len(raw.train.labels), "test": len(raw.test.labels)}},
+        "request": request,
+        "format_version": FORMAT_VERSION,
+    }
+    write_json(meta_file, meta)
+    return out
+
+
+def _save_split(path: Path, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+    TensorSplit(images, labels)  # validates shapes and dtypes
+    save_torch({"images": images, "labels": labels.to(torch.int64), "indices": indices.to(torch.int64)}, path)
+
+
+def _request(
+    name: str,
+    data_root: str | os.PathLike[str],
+    holdout: int | float | None,
+    seed: int,
+    max_train: int | None,
+    max_test: int | None,
+    normalization: str,
+    local_path: str | os.PathLike[str] | None,
+    synthetic: SyntheticSpec | None,
+) -> dict[str, Any]:
+    """What determines the prepared content; equal requests give equal folders."""
+    request: dict[str, Any] = {
+        "dataset": name,
+        "holdout": holdout,
+        "seed": seed,
+        "max_train": max_train,
+        "max_test": max_test,
+        "normalization": normalization,
+        "format_version": FORMAT_VERSION,
+    }
+    if name == "imagefolder":  # the content is whatever lies under the root
+        request["root"] = str(Path(local_path if local_path is not None else data_root).resolve())
+    if name == "synthetic":
+        request["synthetic"] = asdict(synthetic or SyntheticSpec())
+    return request
+
+
+def _is_current(out: Path, request: dict[str, Any]) -> bool:
+    meta_file = out / "meta.json"
+    if not meta_file.is_file() or not all((out / f"{s}.pt").is_file() for s in SPLITS):
+        return False
+    try:
+        return read_json(meta_file).get("request") == request
+    except ValueError:
+        return False

@@ -1,0 +1,197 @@
+"""Online early-exit inference: a batched forward that really stops computing for the samples that have exited.
+
+At every internal classifier the policy (see :mod:`sdn.analysis.early_exit`) is applied to the still-active rows;
+those that fire get their answer and are dropped from the batch (``index_select`` of the remaining rows), so the
+following blocks and exits only run on the rest. The final head runs only on samples that never exited. The
+decisions use float64 softmaxes, like the offline simulation, so both give the same predictions and exit indices.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sdn.analysis.early_exit import check_fallback, check_threshold
+from sdn.models.multiexit import MultiExitNet
+
+
+def _fires(probs: torch.Tensor, policy: str, threshold: float | int, run: torch.Tensor) -> torch.Tensor:
+    if policy == "confidence":
+        return probs.max(dim=1).values >= threshold
+    if policy == "entropy":
+        num_classes = probs.shape[1]
+        if num_classes == 1:
+            return torch.zeros(probs.shape[0], dtype=torch.float64, device=probs.device) <= threshold
+        entropy = -torch.xlogy(probs, probs).sum(dim=1) / math.log(num_classes)
+        return entropy.clamp(0.0, 1.0) <= threshold
+    return run >= threshold
+
+
+@torch.no_grad()
+def early_exit_forward(
+    model: MultiExitNet,
+    x: torch.Tensor,
+    policy: str,
+    threshold: float | int,
+    fallback: str = "final",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predictions [B], exit_index [B])`` (int64, on ``x``'s device) of early-exit inference on batch ``x``.
+
+    The model is run in eval mode (its previous mode is restored). ``exit_index`` is E-1 for samples no IC stopped;
+    their answer is the final head's (``fallback="final"``) or the most confident of all outputs
+    (``"most-confident"``, ties to the earliest).
+    """
+    threshold = check_threshold(policy, threshold)
+    check_fallback(fallback)
+    was_training = model.training
+    model.eval()
+    try:
+        return _early_exit(model, x, policy, threshold, fallback)
+    finally:
+        model.train(was_training)
+
+
+def _early_exit(
+    model: MultiExitNet, x: torch.Tensor, policy: str, threshold: float | int, fallback: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, device = x.shape[0], x.device
+    final = model.num_exits - 1
+    predictions = torch.empty(batch, dtype=torch.int64, device=device)
+    exit_index = torch.empty(batch, dtype=torch.int64, device=device)
+    active = torch.arange(batch, device=device)  # original row of every row still in the batch
+    best_conf = torch.full((batch,), -1.0, dtype=torch.float64, device=device)  # most-confident fallback state
+    best_pred = torch.zeros(batch, dtype=torch.int64, device=device)
+    last_pred = torch.full((batch,), -1, dtype=torch.int64, device=device)  # patience state
+    run = torch.zeros(batch, dtype=torch.int64, device=device)
+    exit_at = dict(zip(model.exit_positions, range(final), strict=True))
+
+    h = model.stem(x)
+    for block_index, block in enumerate(model.blocks):
+        if active.numel() == 0:
+            break
+        h = block(h)
+        ic = exit_at.get(block_index)
+        if ic is None:
+            continue
+        probs = torch.softmax(model.exits[ic](h).double(), dim=1)
+        conf, pred = probs.max(dim=1).values, probs.argmax(dim=1)  # argmax: first index on ties, like numpy
+        run = torch.where(pred == last_pred, run + 1, torch.ones_like(run))
+        last_pred = pred
+        better = conf > best_conf
+        best_conf = torch.where(better, conf, best_conf)
+        best_pred = torch.where(better, pred, best_pred)
+        fired = _fires(probs, policy, threshold, run)
+        done = fired.nonzero().squeeze(1)
+        predictions[active[done]] = pred[done]
+        exit_index[active[done]] = ic
+        keep = (~fired).nonzero().squeeze(1)
+        h, active = h.index_select(0, keep), active[keep]
+        best_conf, best_pred = best_conf[keep], best_pred[keep]
+        last_pred, run = last_pred[keep], run[keep]
+    if active.numel() > 0:
+        probs = torch.softmax(model.head(h).double(), dim=1)
+        conf, pred = probs.max(dim=1).values, probs.argmax(dim=1)
+        if fallback == "most-confident":
+            pred = torch.where(conf > best_conf, pred, best_pred)
+        predictions[active] = pred
+        exit_index[active] = final
+    return predictions, exit_index
+
+
+@torch.no_grad()
+def backbone_forward(model: MultiExitNet, x: torch.Tensor) -> torch.Tensor:
+    """The plain CNN's logits: stem, blocks and head, with no internal classifier evaluated."""
+    h = model.stem(x)
+    for block in model.blocks:
+        h = block(h)
+    return model.head(h)
+
+
+def _time_batches(
+    run_batch: Callable[[torch.Tensor], Any], batches: list[torch.Tensor], device: torch.device
+) -> list[float]:
+    """Seconds per batch; CUDA events on a GPU (after a synchronize), perf_counter elsewhere."""
+    times = []
+    for batch in batches:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            run_batch(batch)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        else:
+            t0 = time.perf_counter()
+            run_batch(batch)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+@torch.no_grad()
+def time_inference(
+    model: MultiExitNet,
+    images: torch.Tensor,
+    batch_size: int,
+    policy: str,
+    threshold: float | int,
+    device: str | torch.device = "cpu",
+    repeats: int = 3,
+    *,
+    fallback: str = "final",
+    warmup_batches: int = 3,
+) -> dict[str, Any]:
+    """Median latency per batch and throughput of the CNN (backbone only), the full SDN forward (all exits) and
+    the early-exit forward over ``images`` (normalised float [N, C, H, W]) split into batches of ``batch_size``.
+
+    ``images`` and ``model`` are moved to ``device`` (the model stays there, in eval mode during timing); every
+    variant is warmed up on ``warmup_batches`` batches and then timed over all batches ``repeats`` times.
+    Returns ``{"batch_size", "device", "num_images", "repeats", "policy", "threshold", "fallback",
+    "cnn"|"sdn_full"|"early_exit": {"median_latency_ms", "throughput_per_s"}, "speedup_vs_cnn"}``.
+    """
+    threshold = check_threshold(policy, threshold)
+    check_fallback(fallback)
+    if batch_size < 1 or repeats < 1 or warmup_batches < 0:
+        raise ValueError(
+            f"batch_size and repeats must be >= 1 and warmup_batches >= 0, got {batch_size}, {repeats}, "
+            f"{warmup_batches}"
+        )
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty [N, C, H, W] tensor, got shape {tuple(images.shape)}")
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    batches = list(images.to(device).split(batch_size))
+    variants: dict[str, Callable[[torch.Tensor], Any]] = {
+        "cnn": lambda b: backbone_forward(model, b),
+        "sdn_full": lambda b: model(b),
+        "early_exit": lambda b: _early_exit(model, b, policy, threshold, fallback),
+    }
+    result: dict[str, Any] = {
+        "batch_size": batch_size,
+        "device": str(device),
+        "num_images": int(images.shape[0]),
+        "repeats": repeats,
+        "policy": policy,
+        "threshold": threshold,
+        "fallback": fallback,
+    }
+    try:
+        for name, run_batch in variants.items():
+            warm = [batches[i % len(batches)] for i in range(warmup_batches)]
+            _time_batches(run_batch, warm, device)
+            times = [t for _ in range(repeats) for t in _time_batches(run_batch, batches, device)]
+            total = sum(times)
+            result[name] = {
+                "median_latency_ms": 1000.0 * statistics.median(times),
+                "throughput_per_s": repeats * int(images.shape[0]) / total if total > 0 else float("inf"),
+            }
+    finally:
+        model.train(was_training)
+    result["speedup_vs_cnn"] = result["early_exit"]["throughput_per_s"] / result["cnn"]["throughput_per_s"]
+    return result

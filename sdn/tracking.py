@@ -1,0 +1,538 @@
+"""Experiment tracking: a local journal first (the truth), then one MLflow run per job (the index).
+
+``track`` writes ``<out_dir>/.mlflow-journal.<command>.json`` when the job starts and again when it ends, then
+sends the whole run to MLflow in one go (params, metrics in batches, tags, artifacts, final status). Sending at
+the end keeps a SQLite store locked only briefly when many jobs finish together; "database is locked" errors are
+retried with backoff. Any other tracking failure (no mlflow installed, server unreachable, store error) is ONE
+logged warning: the journal stays on disk with ``"synced": false`` and ``sdn sync-mlflow`` uploads it later.
+
+This is the only module that imports mlflow, and only inside functions, so ``import sdn`` stays fast and works
+where mlflow is absent.
+
+Environment:
+    SDN_TRACKING=off         no journal, no MLflow
+    SDN_TRACKING_URI         tracking URI (else MLFLOW_TRACKING_URI; neither: journal only)
+    SDN_EXPERIMENT           experiment name (default "sdn")
+    SDN_MLFLOW_TAGS          JSON object of run tags; "wildcards": {...} becomes wildcard.<name> tags
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sdn.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+JOURNAL_PREFIX = ".mlflow-journal"
+JOURNAL_GLOB = f"{JOURNAL_PREFIX}*.json"
+JOURNAL_VERSION = 1
+DEFAULT_EXPERIMENT = "sdn"
+
+# MLflow's limits (mlflow.utils.validation), repeated here so the journal already holds what is uploaded.
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+
+LOCK_RETRIES = 10
+LOCK_BASE_DELAY_S = 0.2
+LOCK_MAX_DELAY_S = 5.0
+HEALTH_TIMEOUT_S = 5.0
+JOURNAL_FLUSH_INTERVAL_S = 10.0
+
+_KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
+_mlflow_missing_warned = False
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs go, resolved from the environment."""
+
+    enabled: bool
+    uri: str | None
+    experiment: str
+    tags: dict[str, str]
+
+
+def tracking_config(env: Mapping[str, str] | None = None) -> TrackingConfig:
+    """Read SDN_TRACKING, SDN_TRACKING_URI / MLFLOW_TRACKING_URI, SDN_EXPERIMENT and SDN_MLFLOW_TAGS."""
+    env = os.environ if env is None else env
+    enabled = env.get("SDN_TRACKING", "on").strip().lower() not in {"off", "0", "false", "no"}
+    uri = (env.get("SDN_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI") or "").strip() or None
+    experiment = (env.get("SDN_EXPERIMENT") or "").strip() or DEFAULT_EXPERIMENT
+    return TrackingConfig(enabled=enabled, uri=uri, experiment=experiment, tags=_env_tags(env.get("SDN_MLFLOW_TAGS")))
+
+
+def _env_tags(raw: str | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as err:
+        log.warning("ignoring SDN_MLFLOW_TAGS: not valid JSON (%s)", err)
+        return {}
+    if not isinstance(obj, dict):
+        log.warning("ignoring SDN_MLFLOW_TAGS: expected a JSON object, got %s", type(obj).__name__)
+        return {}
+    tags: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == "wildcards" and isinstance(value, Mapping):
+            tags.update({f"wildcard.{name}": v for name, v in value.items()})
+        else:
+            tags[key] = value
+    return clean_tags(tags)
+
+
+# ----------------------------------------------------------------------------------------------- value cleaning
+
+
+def clean_key(key: str) -> str:
+    """An MLflow-valid key: allowed characters only, at most 250 characters."""
+    cleaned = _KEY_BAD_CHARS.sub("_", str(key)) or "_"
+    return cleaned[:MAX_KEY_LENGTH]
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return str(value)
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def flatten_params(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, str]:
+    """Nested mappings/dataclasses as ``a.b.c`` keys; values as strings within MLflow's length limit."""
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        params = dataclasses.asdict(params)
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a mapping or a dataclass instance, got {type(params).__name__}")
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[clean_key(name)] = _truncate(_to_text(value), MAX_PARAM_VALUE_LENGTH)
+    return flat
+
+
+def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tags as MLflow-valid keys and string values (nested mappings flattened like params)."""
+    flat: dict[str, str] = {}
+    for key, value in tags.items():
+        if isinstance(value, Mapping) and value:
+            for sub_key, sub_value in clean_tags(value).items():
+                flat[clean_key(f"{key}.{sub_key}")] = sub_value
+        else:
+            flat[clean_key(key)] = _truncate(_to_text(value), MAX_TAG_VALUE_LENGTH)
+    return flat
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def journal_path(out_dir: str | os.PathLike[str], command: str) -> Path:
+    """The journal file of ``command`` in ``out_dir`` (one per command, so commands sharing a folder coexist)."""
+    safe = re.sub(r"[^A-Za-z0-9_\-]", "_", command) or "run"
+    return Path(out_dir) / f"{JOURNAL_PREFIX}.{safe}.json"
+
+
+class Run:
+    """What one job reports: kept in memory, mirrored to the journal, uploaded to MLflow at the end."""
+
+    def __init__(
+        self,
+        command: str,
+        params: Mapping[str, Any] | Any,
+        out_dir: Path | None,
+        config: TrackingConfig,
+    ) -> None:
+        self.command = command
+        self.out_dir = out_dir
+        self.config = config
+        self.journal_id = uuid.uuid4().hex
+        self.params = flatten_params(params)
+        self.tags: dict[str, str] = {
+            **config.tags,
+            "sdn.command": command,
+            "sdn.journal_id": self.journal_id,
+        }
+        if out_dir is not None:
+            self.tags["sdn.out_dir"] = str(out_dir)
+        self.metrics: list[dict[str, Any]] = []
+        self.artifacts: list[str] = []
+        self.status = "RUNNING"
+        self.start_time = _now_ms()
+        self.end_time: int | None = None
+        self.synced = False
+        self.sync_info: dict[str, Any] = {}
+        self._last_flush = 0.0
+
+    @property
+    def journal_file(self) -> Path | None:
+        return journal_path(self.out_dir, self.command) if self.out_dir is not None and self.config.enabled else None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record metric values at ``step`` (0 when omitted), timestamped now."""
+        stamp = _now_ms()
+        for key, value in metrics.items():
+            self.metrics.append(
+                {"key": clean_key(key), "value": float(value), "step": int(step or 0), "timestamp": stamp}
+            )
+        if time.monotonic() - self._last_flush >= JOURNAL_FLUSH_INTERVAL_S:
+            self.write_journal()
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> None:
+        """Record a file or folder to upload; stored relative to the journal so results can be moved."""
+        target = Path(path)
+        if not target.exists():
+            log.warning("artifact %s does not exist; not tracked", target)
+            return
+        if self.out_dir is not None:
+            self.artifacts.append(os.path.relpath(target.resolve(), Path(self.out_dir).resolve()))
+        else:
+            self.artifacts.append(str(target.resolve()))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.tags.update(clean_tags(tags))
+
+    def to_journal(self) -> dict[str, Any]:
+        return {
+            "version": JOURNAL_VERSION,
+            "journal_id": self.journal_id,
+            "command": self.command,
+            "experiment": self.config.experiment,
+            "run_name": _run_name(self.command, self.out_dir),
+            "params": self.params,
+            "tags": self.tags,
+            "metrics": self.metrics,
+            "artifacts": self.artifacts,
+            "status": self.status,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "synced": self.synced,
+            "sync": self.sync_info,
+        }
+
+    def write_journal(self) -> None:
+        self._last_flush = time.monotonic()
+        path = self.journal_file
+        if path is not None:
+            write_json(path, self.to_journal())
+
+
+def _run_name(command: str, out_dir: Path | None) -> str:
+    if out_dir is None:
+        return command
+    return f"{command} {'/'.join(Path(out_dir).parts[-4:])}"
+
+
+@contextmanager
+def track(
+    command: str, params: Mapping[str, Any] | Any | None = None, out_dir: str | os.PathLike[str] | None = None
+) -> Iterator[Run]:
+    """Track one job. The journal is written first; MLflow gets the run when the block ends.
+
+    If the block raises, the run is recorded as FAILED and the exception propagates. Tracking itself never
+    raises: a failure to reach MLflow is one warning and ``"synced": false`` in the journal.
+    """
+    config = tracking_config()
+    run = Run(command, params or {}, Path(out_dir) if out_dir is not None else None, config)
+    if not config.enabled:
+        yield run
+        return
+    run.write_journal()
+    try:
+        yield run
+    except BaseException as exc:
+        run.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        _finish(run)
+        raise
+    run.status = "FINISHED"
+    _finish(run)
+
+
+def _finish(run: Run) -> None:
+    run.end_time = _now_ms()
+    run.write_journal()
+    if run.config.uri is None:
+        return
+    base_dir = Path(run.out_dir) if run.out_dir is not None else None
+    try:
+        run_id = upload_journal(run.to_journal(), base_dir=base_dir, uri=run.config.uri)
+    except MlflowUnavailable:
+        return  # already warned once for this process
+    except Exception as err:  # noqa: BLE001 - a tracking failure must never fail the job
+        log.warning(
+            "MLflow tracking failed for %s (URI %s): %s: %s; the run stays in %s for `sdn sync-mlflow`",
+            run.command,
+            run.config.uri,
+            type(err).__name__,
+            err,
+            run.journal_file or "no journal (no out_dir)",
+        )
+        run.sync_info = {"uri": run.config.uri, "error": f"{type(err).__name__}: {err}"[:2000]}
+        run.write_journal()
+        return
+    run.synced = True
+    run.sync_info = {"uri": run.config.uri, "run_id": run_id, "synced_at": _now_ms()}
+    run.write_journal()
+
+
+# ----------------------------------------------------------------------------------------------- upload
+
+
+class MlflowUnavailable(RuntimeError):
+    """mlflow is not installed here (for example on the GPU machine)."""
+
+
+def _import_client() -> Any:
+    global _mlflow_missing_warned
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as err:
+        if not _mlflow_missing_warned:
+            _mlflow_missing_warned = True
+            log.warning("mlflow is not installed (%s): tracking is journal-only; run `sdn sync-mlflow` later", err)
+        raise MlflowUnavailable("mlflow is not installed") from err
+    return MlflowClient
+
+
+def is_locked_error(err: BaseException) -> bool:
+    """True for SQLite's 'database is locked' anywhere in the exception chain."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if "database is locked" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def with_lock_retry(fn: Callable[..., T], *args: Any, attempts: int = LOCK_RETRIES, **kwargs: Any) -> T:
+    """Call ``fn``; on 'database is locked' wait (exponential backoff with jitter) and retry, ``attempts`` times."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if not is_locked_error(err) or attempt == attempts - 1:
+                raise
+            delay = min(LOCK_BASE_DELAY_S * 2**attempt, LOCK_MAX_DELAY_S) * (0.5 + random.random())
+            log.debug("database is locked; retry %d/%d in %.2f s", attempt + 1, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """For an http(s) URI, fail fast (ConnectionError) when nothing answers, instead of MLflow's long retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answered; let MLflow judge
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConnectionError(f"MLflow server {uri} is unreachable: {reason}") from err
+
+
+def sqlite_artifact_location(uri: str) -> str | None:
+    """For ``sqlite:///path/db``: ``file:`` URI of ``<db folder>/mlartifacts`` (MLflow would use ./mlartifacts)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db_path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not db_path or db_path == ":memory:":
+        return None
+    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+
+
+def _client(uri: str) -> Any:
+    check_reachable(uri)
+    client_class = _import_client()
+    return client_class(tracking_uri=uri)
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The experiment's id, creating it (artifacts beside a SQLite DB) when missing; safe against races."""
+    experiment = with_lock_retry(client.get_experiment_by_name, name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(with_lock_retry(client.create_experiment, name, artifact_location=sqlite_artifact_location(uri)))
+    except Exception:
+        experiment = with_lock_retry(client.get_experiment_by_name, name)  # another job created it meanwhile
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Create the store's schema (SQLite) and the experiment once, before jobs fan out; returns its id."""
+    return ensure_experiment(_client(uri), experiment, uri)
+
+
+def _find_run(client: Any, experiment_id: str, journal_id: str) -> str | None:
+    runs = with_lock_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.`sdn.journal_id` = '{journal_id}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def upload_journal(
+    journal: Mapping[str, Any], *, base_dir: Path | None, uri: str, experiment: str | None = None
+) -> str:
+    """Send one journal to MLflow as one run and return the run id.
+
+    Idempotent: the run carries the tag ``sdn.journal_id``; a run already holding it is completed, not duplicated.
+    Artifact paths are relative to ``base_dir`` (the journal's folder). Raises on failure.
+    """
+    client = _client(uri)
+    from mlflow.entities import Metric, Param, RunTag
+
+    experiment_id = ensure_experiment(client, experiment or journal.get("experiment") or DEFAULT_EXPERIMENT, uri)
+    journal_id = str(journal["journal_id"])
+    tags = dict(journal.get("tags", {}))
+    tags["sdn.journal_id"] = journal_id
+    run_id = _find_run(client, experiment_id, journal_id)
+    if run_id is None:
+        run = with_lock_retry(
+            client.create_run,
+            experiment_id,
+            start_time=journal.get("start_time"),
+            tags={"sdn.journal_id": journal_id},
+            run_name=journal.get("run_name"),
+        )
+        run_id = run.info.run_id
+
+    params = [Param(k, v) for k, v in journal.get("params", {}).items()]
+    for chunk in _chunks(params, PARAMS_PER_BATCH):
+        with_lock_retry(client.log_batch, run_id, params=chunk)
+    metrics = [
+        Metric(m["key"], float(m["value"]), int(m["timestamp"]), int(m["step"])) for m in journal.get("metrics", [])
+    ]
+    for chunk in _chunks(metrics, METRICS_PER_BATCH):
+        with_lock_retry(client.log_batch, run_id, metrics=chunk)
+    run_tags = [RunTag(k, v) for k, v in tags.items()]
+    for chunk in _chunks(run_tags, PARAMS_PER_BATCH):
+        with_lock_retry(client.log_batch, run_id, tags=chunk)
+
+    for rel in journal.get("artifacts", []):
+        path = Path(rel) if base_dir is None else base_dir / rel
+        if not path.exists():
+            log.warning("artifact %s of run %s is gone; not uploaded", path, run_id)
+            continue
+        parent = Path(rel).parent
+        artifact_dir = None if base_dir is None or rel.startswith("..") or parent == Path(".") else parent.as_posix()
+        if path.is_dir():
+            with_lock_retry(client.log_artifacts, run_id, str(path), artifact_path=_join(artifact_dir, path.name))
+        else:
+            with_lock_retry(client.log_artifact, run_id, str(path), artifact_path=artifact_dir)
+
+    status = journal.get("status", "FINISHED")
+    if status == "RUNNING":
+        status = "KILLED"  # a journal left behind by a job that never finished
+    with_lock_retry(client.set_terminated, run_id, status=status, end_time=journal.get("end_time") or _now_ms())
+    return str(run_id)
+
+
+def _join(parent: str | None, name: str) -> str:
+    return name if parent is None else f"{parent}/{name}"
+
+
+# ----------------------------------------------------------------------------------------------- sync
+
+
+@dataclasses.dataclass
+class SyncSummary:
+    uploaded: list[Path] = dataclasses.field(default_factory=list)
+    already_synced: list[Path] = dataclasses.field(default_factory=list)
+    skipped_running: list[Path] = dataclasses.field(default_factory=list)
+    failed: list[Path] = dataclasses.field(default_factory=list)
+
+
+def find_journals(results_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every journal under ``results_dir``, sorted."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results folder {root} does not exist")
+    return sorted(root.rglob(JOURNAL_GLOB))
+
+
+def sync_results(
+    results_dir: str | os.PathLike[str],
+    uri: str,
+    *,
+    experiment: str | None = None,
+    include_running: bool = False,
+) -> SyncSummary:
+    """Upload every journal under ``results_dir`` not yet synced and mark it synced; a second call uploads nothing.
+
+    Journals still RUNNING (a job in progress, or killed) are skipped unless ``include_running`` (uploaded KILLED).
+    """
+    summary = SyncSummary()
+    for path in find_journals(results_dir):
+        journal = read_json(path)
+        if journal.get("synced"):
+            summary.already_synced.append(path)
+            continue
+        if journal.get("status") == "RUNNING" and not include_running:
+            summary.skipped_running.append(path)
+            continue
+        try:
+            run_id = upload_journal(journal, base_dir=path.parent, uri=uri, experiment=experiment)
+        except MlflowUnavailable:
+            raise RuntimeError("mlflow is not installed: cannot sync journals here") from None
+        except Exception as err:  # noqa: BLE001 - report and go on with the other journals
+            log.warning("could not upload %s to %s: %s: %s", path, uri, type(err).__name__, err)
+            summary.failed.append(path)
+            continue
+        journal["synced"] = True
+        journal["sync"] = {"uri": uri, "run_id": run_id, "synced_at": _now_ms()}
+        write_json(path, journal)
+        summary.uploaded.append(path)
+    return summary

@@ -1,0 +1,552 @@
+"""The three training recipes (cnn, ic_only, sdn), checkpoints with metadata, and resume after interruption.
+
+The pieces an engine needs are separate functions (:func:`build_model`, :func:`build_optimizer`,
+:func:`build_scheduler`, :func:`loss_fn`, :func:`train_one_epoch`) so a second data engine can reuse them; only the
+batches differ. :func:`train` ties them together with per-epoch holdout evaluation and checkpointing.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io as _io
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from sdn import io
+from sdn.config import Recipe, coefficients_for, ic_loss_weights
+from sdn.evaluate import collect_logits, topk_accuracy
+from sdn.models import MultiExitNet, create
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, dict[str, float]], None]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+ENGINES = ("fast", "reference")
+HOLDOUT_BATCH = 512
+# Settings a resumed run must share with the run that wrote last.pt.
+RESUME_KEYS = ("arch", "dataset", "recipe", "seed", "exit_positions", "max_train_samples", "parent")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the steps run: on which device, memory format, bf16 autocast (CUDA only), torch.compile."""
+
+    device: torch.device
+    channels_last: bool
+    amp: bool
+    compile: bool = False
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    steps: int
+    images: int
+    seconds: float
+
+
+# ---------------------------------------------------------------- model, optimizer, loss
+
+
+def build_model(
+    arch: str, recipe: Recipe, *, num_classes: int, input_size: int, exits: str | Sequence[int] = "paper"
+) -> MultiExitNet:
+    """The network for ``recipe``: the plain CNN for ``cnn``, the backbone with exits otherwise."""
+    if recipe.kind == "cnn":
+        exits = "none"
+    model = create(arch, num_classes=num_classes, input_size=input_size, exits=exits)
+    if recipe.kind != "cnn" and model.num_exits < 2:
+        raise ValueError(f"recipe {recipe.kind!r} needs internal classifiers, but exits={exits!r} gives none")
+    return model
+
+
+def load_parent(model: MultiExitNet, parent: str | os.PathLike[str], arch: str) -> dict[str, Any]:
+    """Load a trained CNN checkpoint's backbone into ``model`` (IC-only training); return the parent's meta."""
+    path = Path(parent)
+    if not path.is_file():
+        raise FileNotFoundError(f"parent checkpoint {path} does not exist (ic_only needs a trained cnn model.pt)")
+    payload = io.load_torch(path)
+    meta = payload.get("meta", {})
+    if meta.get("arch") not in (None, arch):
+        raise ValueError(f"parent checkpoint {path} is a {meta.get('arch')!r}, not a {arch!r}")
+    model.load_backbone_state(payload["state_dict"])
+    return meta
+
+
+def freeze_backbone(model: MultiExitNet) -> None:
+    for p in model.backbone_parameters():
+        p.requires_grad_(False)
+
+
+def trainable_parameters(model: MultiExitNet, recipe: Recipe) -> list[nn.Parameter]:
+    """Exit parameters only for ``ic_only``; every parameter otherwise."""
+    return model.exit_parameters() if recipe.kind == "ic_only" else list(model.parameters())
+
+
+def build_optimizer(params: list[nn.Parameter], recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """SGD (momentum, coupled weight decay) or Adam (coupled L2 weight decay, as the original); fused on CUDA."""
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, **fast
+        )
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fast)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.MultiStepLR:
+    """Stepped once after each epoch: 1-based milestone ``m`` means the reduced rate applies from epoch ``m``."""
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[m - 1 for m in recipe.milestones], gamma=recipe.gamma
+    )
+
+
+def exit_weights(recipe: Recipe, epoch: int, num_exits: int) -> list[float]:
+    """Loss weight of every output (final last) at 1-based ``epoch``.
+
+    cnn: [1]; ic_only: 1 for each IC and 0 for the final head; sdn: tau_i(epoch) for the ICs and 1 for the final.
+    """
+    if recipe.kind == "cnn":
+        return [1.0] * num_exits
+    num_ics = num_exits - 1
+    if recipe.kind == "ic_only":
+        return [1.0] * num_ics + [0.0]
+    coeffs = coefficients_for(num_ics, recipe.ic_max_coeffs)
+    return [*ic_loss_weights(epoch, recipe.epochs, coeffs), 1.0]
+
+
+def loss_fn(outputs: Sequence[torch.Tensor], labels: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Weighted sum of each output's cross-entropy (computed in fp32); zero-weight outputs are skipped."""
+    if len(outputs) != len(weights):
+        raise ValueError(f"{len(outputs)} outputs but {len(weights)} loss weights")
+    terms = [w * F.cross_entropy(o.float(), labels) for o, w in zip(outputs, weights, strict=True) if w != 0.0]
+    return torch.stack(terms).sum()
+
+
+def set_train_mode(model: MultiExitNet, recipe: Recipe) -> None:
+    """Train mode; for ``ic_only`` with ``backbone_mode="eval"`` the frozen backbone stays in eval mode."""
+    model.train()
+    if recipe.kind == "ic_only" and recipe.backbone_mode == "eval":
+        for module in model.backbone_modules():
+            module.eval()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    weights: Sequence[float],
+    *,
+    options: EngineOptions,
+    epoch: int,
+    progress: bool = False,
+) -> EpochResult:
+    """One pass over ``batches``; raises RuntimeError naming epoch and step if a loss is not finite.
+
+    Finiteness is tracked on the device and checked once at the end of the epoch (no per-step synchronisation);
+    the caller must not checkpoint a failed epoch.
+    """
+    device = options.device
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if options.amp and device.type == "cuda" else None
+    )
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    images = steps = 0
+    start = time.perf_counter()
+    for step, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress), 1):
+        if options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast or nullcontext():
+            outputs = model(x)
+        loss = loss_fn(outputs, y, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        detached = loss.detach()
+        bad = ~torch.isfinite(detached)
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+        total += detached.double() * y.shape[0]
+        images += int(y.shape[0])
+        steps = step
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    bad_step = int(first_bad.item())
+    if bad_step >= 0:
+        raise RuntimeError(
+            f"non-finite loss at epoch {epoch} step {bad_step} (of {steps}); training stopped, the last good "
+            "checkpoint (last.pt from the previous epoch, if any) is unchanged"
+        )
+    return EpochResult(loss=float(total.item()) / max(images, 1), steps=steps, images=images, seconds=seconds)
+
+
+# ---------------------------------------------------------------- reproducibility
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s shuffling and augmentation: a pure function, so resuming needs no loader state."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def get_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "random": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- metadata and checkpoints
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def cost_record(model: MultiExitNet, input_size: int) -> dict[str, Any]:
+    """Per-exit params/MACs/ops/fraction from :func:`sdn.cost.profile_model`, as plain data (profiled on a copy)."""
+    from sdn.cost import profile_model
+
+    probe = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    cost = profile_model(probe, input_size)
+    return {
+        "cnn": _plain(cost.cnn),
+        "exits": [_plain(e) for e in cost.exits],
+    }
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[MultiExitNet, dict]:
+    """Rebuild the model recorded in a ``model.pt`` and load its weights strictly; returns (model in eval, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    payload = io.load_torch(path)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
+        raise ValueError(f"{path} is not an sdn checkpoint (expected a dict with 'state_dict' and 'meta')")
+    meta = payload["meta"]
+    positions = list(meta["exit_positions"])
+    model = create(
+        meta["arch"],
+        num_classes=meta["num_classes"],
+        input_size=meta["input_size"],
+        exits=positions if positions else "none",
+        alpha_mode=meta.get("alpha_mode", "bounded"),
+    )
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.to(device).eval(), meta
+
+
+def _history_csv(history: list[dict[str, float]]) -> str:
+    buffer = _io.StringIO()
+    if history:
+        writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the training run
+
+
+def resolve_engine(
+    engine: str, device: torch.device, channels_last: bool | None, amp: bool | None, compile_model: bool
+) -> EngineOptions:
+    """Defaults: the fast engine uses channels_last (CPU and CUDA) and bf16 autocast on CUDA; reference: neither."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    fast = engine == "fast"
+    if amp and device.type != "cuda":
+        raise ValueError("amp (bf16 autocast) is only supported on CUDA; use amp=None or False on the CPU")
+    if fast and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return EngineOptions(
+        device=device,
+        channels_last=fast if channels_last is None else channels_last,
+        amp=(fast and device.type == "cuda") if amp is None else amp,
+        compile=compile_model,
+    )
+
+
+def epoch_batches(
+    engine: str, split: Any, info: Any, *, batch_size: int, seed: int, device: torch.device
+) -> Callable[[int], Batches]:
+    """A function giving epoch ``e``'s augmented, shuffled training batches; a pure function of (seed, e).
+
+    Because the batches depend only on the seed and the epoch, resuming needs no loader state.
+    """
+    if engine == "reference":
+        from sdn.reference import reference_loader
+
+        def reference_epoch(epoch: int) -> Batches:
+            loader = reference_loader(
+                split, info, batch_size=batch_size, augment=True, shuffle=True, seed=epoch_seed(seed, epoch)
+            )
+            return ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader)
+
+        return reference_epoch
+    from sdn.data import DeviceLoader
+
+    loader = DeviceLoader(split, info, batch_size=batch_size, shuffle=True, augment=True, device=device, seed=seed)
+
+    def fast_epoch(epoch: int) -> Batches:
+        loader.set_epoch(epoch)
+        return loader
+
+    return fast_epoch
+
+
+def holdout_loader(split: Any, info: Any, device: torch.device) -> Batches | None:
+    """Plain (unaugmented, unshuffled) batches of the holdout split; None when there is no holdout."""
+    from sdn.data import DeviceLoader
+
+    if split is None or len(split.labels) == 0:
+        return None
+    return DeviceLoader(split, info, batch_size=HOLDOUT_BATCH, shuffle=False, augment=False, device=device, seed=0)
+
+
+def holdout_accuracy(model: nn.Module, batches: Batches | None, options: EngineOptions) -> list[float | None]:
+    """Top-1 of every exit in percent, in eval mode; [] without holdout batches."""
+    if batches is None:
+        return []
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if options.amp else nullcontext():
+        logits, labels = collect_logits(model, batches, channels_last=options.channels_last)
+    return topk_accuracy(logits, labels, 1)
+
+
+def train(
+    *,
+    arch: str,
+    recipe: Recipe,
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    seed: int,
+    device: str | torch.device = "auto",
+    parent: str | os.PathLike[str] | None = None,
+    exits: str | Sequence[int] = "paper",
+    engine: str = "fast",
+    max_train_samples: int | None = None,
+    on_epoch: EpochHook | None = None,
+    channels_last: bool | None = None,
+    amp: bool | None = None,
+    compile_model: bool = False,
+    allow_cpu_fallback: bool = False,
+) -> Path:
+    """Train ``arch`` with ``recipe`` on the prepared data in ``data_dir``; return ``out_dir/model.pt``.
+
+    Writes ``out_dir/last.pt`` after every epoch and resumes from it when present (same arch/recipe/seed/...,
+    else ValueError). At the end writes ``model.pt``, ``meta.json`` and ``history.csv`` and removes ``last.pt``.
+    ``on_epoch(epoch, metrics)`` is called after each epoch's checkpoint.
+    """
+    from sdn.data import TensorSplit, load_prepared
+    from sdn.device import resolve_device
+
+    if recipe.kind == "ic_only" and parent is None:
+        raise ValueError("recipe 'ic_only' needs parent= (the trained cnn model.pt whose backbone it freezes)")
+    if recipe.kind != "ic_only" and parent is not None:
+        raise ValueError(f"parent= is only used by the ic_only recipe, not {recipe.kind!r}")
+    if max_train_samples is not None and max_train_samples < 1:
+        raise ValueError(f"max_train_samples must be a positive integer, got {max_train_samples}")
+    target = device if isinstance(device, torch.device) else resolve_device(device, allow_cpu_fallback)
+    options = resolve_engine(engine, target, channels_last, amp, compile_model)
+    out = Path(out_dir)
+    last_path, model_path = out / "last.pt", out / "model.pt"
+
+    data = load_prepared(data_dir)
+    info = data.info
+    train_split = data.split("train")
+    if max_train_samples is not None:
+        train_split = TensorSplit(train_split.images[:max_train_samples], train_split.labels[:max_train_samples])
+    holdout = data.split("holdout") if (Path(data_dir) / "holdout.pt").is_file() else None
+    holdout_batches = holdout_loader(holdout, info, target)
+    batches_for = epoch_batches(engine, train_split, info, batch_size=recipe.batch_size, seed=seed, device=target)
+
+    seed_everything(seed)
+    model = build_model(arch, recipe, num_classes=info.num_classes, input_size=info.input_size, exits=exits)
+    if parent is not None:
+        load_parent(model, parent, arch)
+        freeze_backbone(model)
+    model.to(target)
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(trainable_parameters(model, recipe), recipe, target)
+    scheduler = build_scheduler(optimizer, recipe)
+    identity = {
+        "arch": arch,
+        "dataset": info.name,
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        "exit_positions": list(model.exit_positions),
+        "max_train_samples": max_train_samples,
+        "parent": str(parent) if parent is not None else None,
+    }
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    if last_path.is_file():
+        state = io.load_torch(last_path, map_location=target)
+        _check_resume(state["identity"], identity, last_path)
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        set_rng_state(state["rng"])
+        log.info("resuming %s from %s after epoch %d", recipe.kind, last_path, state["epoch"])
+    step_model: nn.Module = torch.compile(model) if options.compile else model
+
+    progress = sys.stderr.isatty()
+    epochs = tqdm(range(start_epoch, recipe.epochs + 1), desc=f"train {recipe.kind}", disable=not progress)
+    for epoch in epochs:
+        lr = optimizer.param_groups[0]["lr"]
+        weights = exit_weights(recipe, epoch, model.num_exits)
+        set_train_mode(model, recipe)
+        result = train_one_epoch(
+            step_model, batches_for(epoch), optimizer, weights, options=options, epoch=epoch, progress=progress
+        )
+        scheduler.step()
+        accuracy = holdout_accuracy(model, holdout_batches, options)
+        row: dict[str, float] = {
+            "epoch": epoch,
+            "lr": lr,
+            "loss": result.loss,
+            "seconds": result.seconds,
+            "images_per_s": result.images / result.seconds if result.seconds > 0 else math.nan,
+        }
+        row.update({f"holdout_top1_exit{i}": a for i, a in enumerate(accuracy) if a is not None})
+        history.append(row)
+        io.save_torch(
+            {
+                "identity": identity,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "history": history,
+            },
+            last_path,
+        )
+        _report_epoch(row, accuracy, recipe.epochs, epochs if progress else None)
+        if on_epoch is not None:
+            on_epoch(epoch, dict(row))
+
+    meta = {
+        **identity,
+        "variant": recipe.kind,
+        "num_classes": info.num_classes,
+        "input_size": info.input_size,
+        "exits_spec": exits if isinstance(exits, str) else list(exits),
+        "alpha_mode": _alpha_mode(model),
+        "cost": cost_record(model, info.input_size),
+        "holdout_accuracy": [r for k, r in history[-1].items() if k.startswith("holdout_top1_exit")]
+        if history
+        else [],
+        "epochs": recipe.epochs,
+        "train_size": int(len(train_split.labels)),
+        "git_commit": git_commit(),
+        "engine": engine,
+        "device": str(target),
+        "channels_last": options.channels_last,
+        "amp": options.amp,
+        "torch": str(torch.__version__),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    state_dict = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    io.save_torch({"state_dict": state_dict, "meta": meta}, model_path)
+    io.write_json(out / "meta.json", meta)
+    io.write_text(out / "history.csv", _history_csv(history))
+    last_path.unlink(missing_ok=True)
+    return model_path
+
+
+def _check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    for key in RESUME_KEYS:
+        if saved.get(key) != current.get(key):
+            raise ValueError(
+                f"{path} was written by a run with {key}={saved.get(key)!r}, but this run has "
+                f"{key}={current.get(key)!r}; rerun with the same settings to resume, or delete {path} to start over"
+            )
+
+
+def _alpha_mode(model: MultiExitNet) -> str:
+    for module in model.modules():
+        mode = getattr(module, "alpha_mode", None)
+        if isinstance(mode, str):
+            return mode
+    return "bounded"
+
+
+def _report_epoch(row: dict[str, float], accuracy: list[float | None], epochs: int, bar: Any) -> None:
+    acc = " ".join("-" if a is None else f"{a:.1f}" for a in accuracy) or "n/a"
+    if bar is not None:
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}", final=acc.split()[-1])
+        return
+    log.info(
+        "epoch %d/%d loss %.4f lr %.3g holdout top-1 per exit [%s] %.0f img/s",
+        row["epoch"],
+        epochs,
+        row["loss"],
+        row["lr"],
+        acc,
+        row["images_per_s"],
+    )

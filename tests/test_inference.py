@@ -1,0 +1,151 @@
+"""Online early exit: same answers as the offline simulation, with the batch really shrinking at each IC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sdn.analysis import early_exit as ee
+from sdn.analysis.arrays import softmax
+from sdn.inference import backbone_forward, early_exit_forward, time_inference
+from sdn.models.multiexit import BackboneParts, MultiExitNet
+
+NUM_CLASSES = 4
+
+
+def tiny_model(seed: int = 0) -> MultiExitNet:
+    torch.manual_seed(seed)
+
+    def block() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+    parts = BackboneParts(
+        stem=nn.Conv2d(3, 4, 3, padding=1),
+        blocks=[block() for _ in range(4)],
+        head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, NUM_CLASSES)),
+    )
+    model = MultiExitNet(parts, num_classes=NUM_CLASSES, input_size=8, exit_positions=(0, 1, 2))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+        for scale, ic in zip((10.0, 30.0, 100.0), model.exits, strict=True):
+            ic.linear.weight.mul_(scale)  # make the ICs (increasingly) confident
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model()
+    x = torch.randn(48, 3, 8, 8)
+    with torch.no_grad():
+        logits = np.stack([out.numpy() for out in model(x)])
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    return model, x, softmax(logits), labels
+
+
+CASES = [
+    ("confidence", 0.3),
+    ("confidence", 0.5),
+    ("confidence", 0.7),
+    ("confidence", 0.9),
+    ("entropy", 0.3),
+    ("entropy", 0.6),
+    ("entropy", 0.85),
+    ("patience", 1),
+    ("patience", 2),
+    ("patience", 3),
+]
+
+
+@pytest.mark.parametrize("fallback", ["final", "most-confident"])
+@pytest.mark.parametrize(("policy", "threshold"), CASES)
+def test_online_matches_offline(setup, policy, threshold, fallback):
+    model, x, probs, labels = setup
+    cost = np.array([0.25, 0.5, 0.75, 1.0])
+    offline = ee.simulate(probs, labels, cost, policy, threshold, fallback)
+    predictions, exit_index = early_exit_forward(model, x, policy, threshold, fallback)
+    assert exit_index.tolist() == offline.exit_index.tolist()
+    assert predictions.tolist() == offline.predictions.tolist()
+
+
+def test_cases_cover_every_exit_and_both_fallback_answers(setup):
+    _, _, probs, labels = setup
+    cost = np.array([0.25, 0.5, 0.75, 1.0])
+    seen = set()
+    differs = False
+    for policy, threshold in CASES:
+        final = ee.simulate(probs, labels, cost, policy, threshold, "final")
+        best = ee.simulate(probs, labels, cost, policy, threshold, "most-confident")
+        seen |= set(final.exit_index.tolist())
+        differs |= bool((final.predictions != best.predictions).any())
+    assert seen == {0, 1, 2, 3}
+    assert differs
+
+
+def test_batch_shrinks_and_head_sees_only_survivors(setup):
+    model, x, probs, labels = setup
+    sizes: dict[str, int] = {}
+    hooks = [
+        module.register_forward_pre_hook(lambda m, args, name=name: sizes.__setitem__(name, args[0].shape[0]))
+        for name, module in [*((f"block{i}", b) for i, b in enumerate(model.blocks)), ("head", model.head)]
+    ]
+    try:
+        _, exit_index = early_exit_forward(model, x, "confidence", 0.7)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    counts = np.bincount(exit_index.numpy(), minlength=4)
+    assert counts[0] > 0 and counts[3] > 0
+    # ICs sit after blocks 0, 1, 2: each block after an IC sees only the samples no IC has stopped yet
+    assert sizes["block0"] == 48
+    assert sizes["block1"] == 48 - counts[0]
+    assert sizes["block2"] == 48 - counts[0] - counts[1]
+    assert sizes["block3"] == sizes["head"] == counts[3]
+
+
+def test_everything_exits_early_skips_the_rest(setup):
+    model, x, _, _ = setup
+    called = []
+    hook = model.head.register_forward_pre_hook(lambda m, args: called.append(args[0].shape[0]))
+    try:
+        predictions, exit_index = early_exit_forward(model, x, "patience", 1)
+    finally:
+        hook.remove()
+    assert exit_index.tolist() == [0] * 48 and called == []
+    with torch.no_grad():
+        assert predictions.tolist() == model(x)[0].argmax(1).tolist()
+
+
+def test_restores_training_mode_and_checks_threshold(setup):
+    model, x, _, _ = setup
+    model.train()
+    try:
+        early_exit_forward(model, x[:2], "confidence", 0.5)
+        assert model.training
+    finally:
+        model.eval()
+    with pytest.raises(ValueError, match="'entropy' must lie in"):
+        early_exit_forward(model, x, "entropy", 2.0)
+
+
+def test_backbone_forward_is_the_final_head(setup):
+    model, x, _, _ = setup
+    with torch.no_grad():
+        assert torch.allclose(backbone_forward(model, x), model(x)[-1])
+
+
+def test_time_inference_reports_all_variants(setup):
+    model, x, _, _ = setup
+    result = time_inference(model, x[:10], 4, "confidence", 0.5, "cpu", repeats=1, warmup_batches=1)
+    assert result["batch_size"] == 4 and result["num_images"] == 10
+    for name in ("cnn", "sdn_full", "early_exit"):
+        assert result[name]["median_latency_ms"] > 0 and result[name]["throughput_per_s"] > 0
+    assert result["speedup_vs_cnn"] == pytest.approx(
+        result["early_exit"]["throughput_per_s"] / result["cnn"]["throughput_per_s"]
+    )
+    with pytest.raises(ValueError, match="batch_size"):
+        time_inference(model, x, 0, "confidence", 0.5)

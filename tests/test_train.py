@@ -1,0 +1,379 @@
+"""Training recipes, loss weights, lr schedule, frozen backbones, determinism, NaN and device errors.
+
+Also hosts the small helpers (tiny registered arch, prepared-data writer) that test_resume/test_evaluate import.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sdn import io
+from sdn.config import Recipe, coefficients_for, ic_loss_weights, paper_recipe
+from sdn.device import resolve_device
+from sdn.models import ArchSpec, BackboneParts, get_spec, register
+from sdn.train import build_model, build_scheduler, load_checkpoint, seed_everything, train
+
+TINY_ARCH = "tiny_test"
+TINY_SIZE = 8
+TINY_CLASSES = 4
+TINY_EXITS = (0, 1, 2)
+
+
+# ---------------------------------------------------------------- helpers shared with the other test files
+
+
+class SlowWhenAsked(nn.Identity):
+    """Identity; sleeps in training mode when SDN_TEST_SLOW is set (lets a subprocess be killed mid-epoch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delay = os.environ.get("SDN_TEST_SLOW")
+        if delay and self.training:
+            time.sleep(float(delay))
+        return x
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def tiny_builder(*, num_classes: int, input_size: int) -> BackboneParts:
+    del input_size
+    return BackboneParts(
+        stem=nn.Sequential(*_conv(3, 8)),
+        blocks=[
+            nn.Sequential(*_conv(8, 8), SlowWhenAsked()),
+            nn.Sequential(*_conv(8, 16, stride=2), nn.Dropout(0.5)),
+            nn.Sequential(*_conv(16, 16)),
+            nn.Sequential(*_conv(16, 16)),
+        ],
+        head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes)),
+    )
+
+
+def ensure_tiny_arch() -> None:
+    """Register the tiny test architecture (idempotent)."""
+    try:
+        get_spec(TINY_ARCH)
+    except ValueError:
+        register(
+            ArchSpec(
+                name=TINY_ARCH,
+                builder=tiny_builder,
+                paper_exits=TINY_EXITS,
+                weight_decay=5e-4,
+                description="tiny test network",
+                input_sizes=(TINY_SIZE,),
+            )
+        )
+
+
+def write_prepared(
+    folder: Path, *, n_train: int = 64, n_holdout: int = 32, n_test: int = 24, seed: int = 0, holdout: bool = True
+) -> Path:
+    """A prepared-data folder in the documented format with random 8x8 images of 4 classes."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"train": n_train, "test": n_test}
+    if holdout:
+        sizes["holdout"] = n_holdout
+    for split, n in sizes.items():
+        images = torch.randint(0, 256, (n, 3, TINY_SIZE, TINY_SIZE), generator=gen, dtype=torch.uint8)
+        labels = torch.randint(0, TINY_CLASSES, (n,), generator=gen)
+        io.save_torch({"images": images, "labels": labels}, folder / f"{split}.pt")
+    io.write_json(
+        folder / "meta.json",
+        {
+            "dataset": "tiny",
+            "num_classes": TINY_CLASSES,
+            "input_size": TINY_SIZE,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "crop_padding": 1,
+            "color_jitter": 0.0,
+            "classes": [str(c) for c in range(TINY_CLASSES)],
+            "sizes": sizes,
+            "holdout_seed": 0,
+            "source": {"kind": "test"},
+        },
+    )
+    return folder
+
+
+def tiny_recipe(kind: str = "sdn", **overrides: object) -> Recipe:
+    base = {
+        "kind": kind,
+        "optimizer": "adam" if kind == "ic_only" else "sgd",
+        "lr": 0.01 if kind == "ic_only" else 0.05,
+        "epochs": 2,
+        "milestones": (2,),
+        "batch_size": 16,
+    }
+    return Recipe(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def train_tiny(data: Path, out: Path, kind: str = "sdn", *, seed: int = 3, **kwargs: object) -> Path:
+    recipe = kwargs.pop("recipe", None) or tiny_recipe(kind)
+    return train(arch=TINY_ARCH, recipe=recipe, data_dir=data, out_dir=out, seed=seed, device="cpu", **kwargs)
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    ensure_tiny_arch()
+    return write_prepared(tmp_path / "data")
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return io.load_torch(path)["state_dict"]
+
+
+# ---------------------------------------------------------------- recipes and schedules
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (1, [0.0115, 0.013, 0.0145, 0.016, 0.0175, 0.019]),
+        (10, [0.025, 0.04, 0.055, 0.07, 0.085, 0.10]),
+        (50, [0.085, 0.16, 0.235, 0.31, 0.385, 0.46]),
+        (94, [0.15, 0.292, 0.433, 0.574, 0.715, 0.856]),
+        (99, [0.15, 0.30, 0.45, 0.60, 0.75, 0.90]),
+        (100, [0.15, 0.30, 0.45, 0.60, 0.75, 0.90]),
+    ],
+)
+def test_ic_loss_weights_match_spec_table(epoch: int, expected: list[float]) -> None:
+    got = ic_loss_weights(epoch, 100, (0.15, 0.30, 0.45, 0.60, 0.75, 0.90))
+    assert got == pytest.approx(expected, abs=6e-4)
+
+
+def test_ic_loss_weights_reject_bad_epoch_and_too_many_ics() -> None:
+    with pytest.raises(ValueError, match="epoch must be in 1..100"):
+        ic_loss_weights(0, 100, (0.15,))
+    assert coefficients_for(2, (0.15, 0.3, 0.45)) == (0.15, 0.3)
+    with pytest.raises(ValueError, match="7 internal classifiers"):
+        coefficients_for(7, (0.15, 0.3, 0.45, 0.6, 0.75, 0.9))
+
+
+def test_paper_recipes() -> None:
+    ensure_tiny_arch()
+    cnn = paper_recipe("cnn", TINY_ARCH)
+    assert (cnn.optimizer, cnn.lr, cnn.momentum, cnn.epochs, cnn.milestones, cnn.batch_size) == (
+        "sgd",
+        0.1,
+        0.9,
+        100,
+        (35, 60, 85),
+        128,
+    )
+    assert cnn.weight_decay == get_spec(TINY_ARCH).weight_decay
+    ic = paper_recipe("ic_only", TINY_ARCH)
+    assert (ic.optimizer, ic.lr, ic.epochs, ic.milestones, ic.backbone_mode) == ("adam", 1e-3, 25, (15,), "eval")
+    assert paper_recipe("sdn", TINY_ARCH).ic_max_coeffs == (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
+
+
+def test_with_epochs_scales_milestones() -> None:
+    recipe = Recipe(kind="cnn")
+    assert recipe.with_epochs(20).milestones == (7, 12, 17)
+    assert recipe.with_epochs(10).milestones == (4, 6, 8)
+    assert recipe.with_epochs(3).milestones == (2,)  # 1.05 and 1.8 -> 1, 2 -> keeps 2; 2.55 -> 3 dropped
+    assert recipe.with_epochs(1).milestones == ()
+    assert Recipe(kind="ic_only", epochs=25, milestones=(15,)).with_epochs(5).milestones == (3,)
+
+
+def test_recipe_validation_names_the_key() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        Recipe(kind="cnn", epochs=-1, milestones=())
+    with pytest.raises(ValueError, match="lr"):
+        Recipe(kind="cnn").with_overrides({"lr": float("nan")})
+    with pytest.raises(ValueError, match="unknown recipe key.*'lrate'"):
+        Recipe.from_dict({"kind": "cnn", "lrate": 0.1})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Recipe(kind="dsn")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="milestones"):
+        Recipe(kind="cnn", epochs=10, milestones=(5, 3))
+    again = Recipe.from_dict(Recipe(kind="sdn", epochs=4, milestones=[2, 3]).to_dict())  # type: ignore[arg-type]
+    assert again == Recipe(kind="sdn", epochs=4, milestones=(2, 3))
+    assert Recipe(kind="cnn").with_overrides({"epochs": 10, "batch_size": 64}).milestones == (4, 6, 8)
+
+
+def test_lr_per_epoch_follows_milestones() -> None:
+    recipe = Recipe(kind="cnn", lr=0.1, epochs=10, milestones=(4, 7))
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=recipe.lr)
+    scheduler = build_scheduler(optimizer, recipe)
+    seen = []
+    for epoch in range(1, recipe.epochs + 1):
+        seen.append(optimizer.param_groups[0]["lr"])
+        assert seen[-1] == pytest.approx(recipe.lr_at(epoch))
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.1] * 3 + [0.01] * 3 + [0.001] * 4)
+    paper = Recipe(kind="cnn")
+    assert [paper.lr_at(e) for e in (1, 34, 35, 59, 60, 84, 85, 100)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4]
+    )
+
+
+# ---------------------------------------------------------------- training runs
+
+
+def _split(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    backbone = {k: v for k, v in state.items() if not k.startswith("exits.")}
+    exits = {k: v for k, v in state.items() if k.startswith("exits.")}
+    return backbone, exits
+
+
+def _initial_exits(recipe: Recipe, seed: int) -> dict[str, torch.Tensor]:
+    seed_everything(seed)
+    model = build_model(TINY_ARCH, recipe, num_classes=TINY_CLASSES, input_size=TINY_SIZE)
+    return _split(model.state_dict())[1]
+
+
+def test_cnn_training_writes_checkpoint_meta_history(tiny_data: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe("cnn", epochs=3, milestones=(2, 3))
+    path = train_tiny(tiny_data, tmp_path / "cnn", recipe=recipe)
+    out = path.parent
+    assert path.name == "model.pt" and not (out / "last.pt").exists()
+    payload = io.load_torch(path)
+    meta = payload["meta"]
+    assert meta == io.read_json(out / "meta.json")
+    assert meta["arch"] == TINY_ARCH and meta["variant"] == "cnn" and meta["exit_positions"] == []
+    assert meta["seed"] == 3 and meta["dataset"] == "tiny" and meta["recipe"]["epochs"] == 3
+    assert len(meta["holdout_accuracy"]) == 1 and 0.0 <= meta["holdout_accuracy"][0] <= 100.0
+    assert "cnn" in meta["cost"] and meta["device"] == "cpu"
+    lines = (out / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,lr,loss")
+    assert [float(line.split(",")[1]) for line in lines[1:]] == pytest.approx([0.05, 0.005, 0.0005])
+    model, loaded_meta = load_checkpoint(path)
+    assert loaded_meta == meta and model.num_exits == 1 and not model.training
+
+
+def test_ic_only_leaves_backbone_bit_identical(tiny_data: Path, tmp_path: Path) -> None:
+    parent = train_tiny(tiny_data, tmp_path / "cnn", kind="cnn", recipe=tiny_recipe("cnn", epochs=1, milestones=()))
+    recipe = tiny_recipe("ic_only")
+    path = train_tiny(tiny_data, tmp_path / "ic", recipe=recipe, parent=parent)
+    backbone, exits = _split(state_of(path))
+    parent_state = state_of(parent)
+    assert backbone.keys() == parent_state.keys()
+    assert any("running_mean" in k for k in backbone) and any("num_batches_tracked" in k for k in backbone)
+    for key, value in backbone.items():
+        assert torch.equal(value, parent_state[key]), key
+    initial = _initial_exits(recipe, seed=3)
+    assert exits.keys() == initial.keys()
+    assert any(not torch.equal(v, initial[k]) for k, v in exits.items())
+
+
+def test_ic_only_train_mode_reproduces_original_bn_drift(tiny_data: Path, tmp_path: Path) -> None:
+    parent = train_tiny(tiny_data, tmp_path / "cnn", kind="cnn", recipe=tiny_recipe("cnn", epochs=1, milestones=()))
+    recipe = tiny_recipe("ic_only", epochs=1, milestones=(), backbone_mode="train")
+    path = train_tiny(tiny_data, tmp_path / "ic", recipe=recipe, parent=parent)
+    backbone, _ = _split(state_of(path))
+    parent_state = state_of(parent)
+    params = dict(io.load_torch(parent)["state_dict"])
+    changed = [k for k, v in backbone.items() if not torch.equal(v, parent_state[k])]
+    assert changed and all("running_" in k or "num_batches_tracked" in k for k in changed)
+    assert all(torch.equal(backbone[k], params[k]) for k in params if k.endswith(".weight"))
+
+
+def test_ic_only_needs_parent(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs parent"):
+        train_tiny(tiny_data, tmp_path / "ic", kind="ic_only")
+    with pytest.raises(FileNotFoundError, match="parent checkpoint"):
+        train_tiny(tiny_data, tmp_path / "ic", kind="ic_only", parent=tmp_path / "missing.pt")
+
+
+def test_sdn_training_changes_backbone_and_exits(tiny_data: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe("sdn", epochs=1, milestones=())
+    path = train_tiny(tiny_data, tmp_path / "sdn", recipe=recipe)
+    backbone, exits = _split(state_of(path))
+    seed_everything(3)
+    fresh = build_model(TINY_ARCH, recipe, num_classes=TINY_CLASSES, input_size=TINY_SIZE).state_dict()
+    assert any(not torch.equal(v, fresh[k]) for k, v in backbone.items() if k.endswith("weight"))
+    assert any(not torch.equal(v, fresh[k]) for k, v in exits.items())
+    meta = io.read_json(path.parent / "meta.json")
+    assert meta["exit_positions"] == list(TINY_EXITS) and len(meta["holdout_accuracy"]) == 4
+
+
+def test_same_seed_gives_bit_identical_logits(tiny_data: Path, tmp_path: Path) -> None:
+    from sdn.train import load_checkpoint
+
+    paths = [train_tiny(tiny_data, tmp_path / f"run{i}") for i in range(2)]
+    x = torch.randn(5, 3, TINY_SIZE, TINY_SIZE)
+    logits = []
+    for path in paths:
+        model, _ = load_checkpoint(path)
+        with torch.no_grad():
+            logits.append(torch.stack(model(x)))
+    assert logits[0].shape == (4, 5, TINY_CLASSES)
+    assert torch.equal(logits[0], logits[1])
+    other = train_tiny(tiny_data, tmp_path / "other", seed=4)
+    model, _ = load_checkpoint(other)
+    with torch.no_grad():
+        assert not torch.equal(torch.stack(model(x)), logits[0])
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    recipe = tiny_recipe("cnn", epochs=3, milestones=())
+
+    def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
+    last = out / "last.pt"
+    state = io.load_torch(last)
+    assert state["epoch"] == 1
+    for group in state["optimizer"]["param_groups"]:  # poison the resumed run: a huge lr diverges at once
+        group["lr"] = 1e30
+    io.save_torch(state, last)
+    before = last.read_bytes()
+    with pytest.raises(RuntimeError, match=r"non-finite loss at epoch 2 step \d+"):
+        train_tiny(tiny_data, out, recipe=recipe)
+    assert last.read_bytes() == before
+    assert not (out / "model.pt").exists()
+
+
+def test_cuda_request_without_gpu(tiny_data: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match=r"CUDA requested but no GPU is available.*--device cpu"):
+        resolve_device("cuda", allow_cpu_fallback=False)
+    with pytest.warns(RuntimeWarning, match="falling back to the CPU"):
+        assert resolve_device("cuda", allow_cpu_fallback=True) == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    from sdn.cli import main
+
+    args = ["train", "--recipe", "cnn", "--arch", TINY_ARCH, "--data", str(tiny_data), "--epochs", "1"]
+    args += ["--batch-size", "16", "--out", str(tmp_path / "cli"), "--device", "cuda"]
+    assert main(args) == 2
+    assert not (tmp_path / "cli" / "model.pt").exists()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, "--allow-cpu-fallback"]) == 0
+    assert any("falling back to the CPU" in str(w.message) for w in caught)
+    assert io.read_json(tmp_path / "cli" / "meta.json")["device"] == "cpu"
+
+
+def test_cli_parses_exits_and_overrides(tiny_data: Path, tmp_path: Path) -> None:
+    from sdn.cli import main
+    from sdn.commands.train import parse_exits
+
+    assert parse_exits("0,2") == [0, 2] and parse_exits("paper") == "paper"
+    out = tmp_path / "cli"
+    args = ["train", "--recipe", "sdn", "--arch", TINY_ARCH, "--data", str(tiny_data), "--out", str(out)]
+    args += ["--epochs", "2", "--batch-size", "32", "--lr", "0.02", "--exits", "0,2", "--device", "cpu"]
+    args += ["--max-train-samples", "40", "--seed", "5"]
+    assert main(args) == 0
+    meta = io.read_json(out / "meta.json")
+    assert meta["exit_positions"] == [0, 2] and meta["train_size"] == 40 and meta["seed"] == 5
+    assert meta["recipe"]["lr"] == 0.02 and meta["recipe"]["batch_size"] == 32 and meta["recipe"]["epochs"] == 2
+    assert meta["recipe"]["weight_decay"] == get_spec(TINY_ARCH).weight_decay
+    assert np.isfinite(meta["holdout_accuracy"]).all()

@@ -1,0 +1,136 @@
+# Analyses of the cached per-exit logits (no model is run again), plus Grad-CAM on the IC-only SDN.
+
+
+rule early_exit:
+    input:
+        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+    output:
+        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/early_exit/summary.json",
+        figure=report(
+            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/early_exit/accuracy_vs_cost.png",
+            caption="../report/early_exit.rst",
+            category="Early exits",
+            subcategory="{dataset} {arch} s{seed} {variant}",
+        ),
+    log:
+        f"{LOGS}/early_exit/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+    params:
+        options=early_exit_options(),
+        out=lambda wildcards, output: os.path.dirname(output.summary),
+        env=job_env("early_exit"),
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.env} sdn early-exit --outputs {input.outputs} --out {params.out} {params.options} > {log} 2>&1"
+
+
+rule overthinking:
+    input:
+        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+    output:
+        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/overthinking/summary.json",
+        figure=report(
+            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/overthinking/overthinking.png",
+            caption="../report/overthinking.rst",
+            category="Overthinking",
+            subcategory="{dataset} {arch} s{seed} {variant}",
+        ),
+    log:
+        f"{LOGS}/overthinking/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+    params:
+        split=config["analyses"]["overthinking"]["split"],
+        out=lambda wildcards, output: os.path.dirname(output.summary),
+        env=job_env("overthinking"),
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.env} sdn overthinking --outputs {input.outputs} --out {params.out} --split {params.split}"
+        " > {log} 2>&1"
+
+
+rule confusion:
+    input:
+        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+        cnn=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/cnn/outputs.npz",
+    output:
+        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/confusion/summary.json",
+        figure=report(
+            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/confusion/confusion_hist.png",
+            caption="../report/confusion.rst",
+            category="Confusion",
+            subcategory="{dataset} {arch} s{seed} {variant}",
+        ),
+    log:
+        f"{LOGS}/confusion/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+    params:
+        out=lambda wildcards, output: os.path.dirname(output.summary),
+        env=job_env("confusion"),
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.env} sdn confusion --outputs {input.outputs} --cnn-outputs {input.cnn} --out {params.out}"
+        " > {log} 2>&1"
+
+
+rule calibration:
+    input:
+        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+    output:
+        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/calibration/summary.json",
+        figure=report(
+            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/calibration/reliability.png",
+            caption="../report/calibration.rst",
+            category="Calibration",
+            subcategory="{dataset} {arch} s{seed} {variant}",
+        ),
+    log:
+        f"{LOGS}/calibration/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+    params:
+        out=lambda wildcards, output: os.path.dirname(output.summary),
+        options=exit_rule_options(),
+        env=job_env("calibration"),
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.env} sdn calibration --outputs {input.outputs} --out {params.out} {params.options} > {log} 2>&1"
+
+
+rule gradcam:
+    input:
+        model=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/model.pt",
+        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+        data=f"{R}/data/{{dataset}}/meta.json",
+    output:
+        figure=report(
+            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/gradcam/gradcam.png",
+            caption="../report/gradcam.rst",
+            category="Grad-CAM",
+            subcategory="{dataset} {arch} s{seed} {variant}",
+        ),
+    log:
+        f"{LOGS}/gradcam/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+    params:
+        data=lambda wildcards, input: os.path.dirname(input.data),
+        out=lambda wildcards, output: os.path.dirname(output.figure),
+        max_samples=config["analyses"]["gradcam"]["max_samples"],
+        env=job_env("gradcam"),
+    threads: THREADS
+    resources:
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.env} sdn gradcam --checkpoint {input.model} --data {params.data} --outputs {input.outputs}"
+        " --out {params.out} --max-samples {params.max_samples} > {log} 2>&1"

@@ -1,0 +1,239 @@
+# Shared settings, input functions and the final target list. Only definitions here, no rules.
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+R = config["results"]
+LOGS = config["logs"]
+CONDA_ENV = "../envs/sdn.yaml"
+THREADS = config["threads_per_job"]
+GPUS = config["gpu_per_job"]
+DATASETS = sorted(config["datasets"])
+ARCHS = list(config["archs"])
+SEEDS = [str(seed) for seed in config["seeds"]]
+SDN_VARIANTS = ["ic_only", "sdn"]
+ANALYSES = ["early_exit", "overthinking", "confusion", "calibration"]
+BACKDOOR = config["backdoor"]
+
+if BACKDOOR["enabled"] and BACKDOOR.get("dataset") not in config["datasets"]:
+    raise ValueError(
+        f"config key backdoor.dataset={BACKDOOR.get('dataset')!r} must name one of the configured datasets "
+        f"{DATASETS} (or set backdoor.enabled: false)"
+    )
+if BACKDOOR["enabled"] and "arch" not in BACKDOOR:
+    raise ValueError("config key backdoor.arch is required when backdoor.enabled is true")
+
+
+wildcard_constraints:
+    dataset="[a-z][a-z0-9_]*",
+    arch="vgg16bn|resnet56|wrn32_4|mobilenet",
+    seed="[0-9]+",
+    variant="cnn|ic_only|sdn",
+    analysis="early_exit|overthinking|confusion|calibration",
+
+
+# --- the environment every job inherits -------------------------------------------------------------------
+# The `sdn` command of the Python running Snakemake comes first on PATH, so rules work without an activated venv.
+os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=workflow.basedir, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+# One id per `snakemake` invocation. Set once in the main process; jobs (local or SLURM, which re-parse this
+# file) inherit the environment variable, so every job of one invocation carries the same id.
+os.environ.setdefault("SDN_WORKFLOW_ID", uuid.uuid4().hex)
+os.environ.setdefault("SDN_GIT_COMMIT", _git_commit())
+
+
+def tracking_uri() -> str | None:
+    """The MLflow store jobs log to: config tracking_uri, else $SDN_TRACKING_URI, else SQLite in results."""
+    configured = config.get("tracking_uri")
+    if configured == "off":
+        return None
+    if configured:
+        return configured
+    return os.environ.get("SDN_TRACKING_URI") or f"sqlite:///{os.path.join(R, 'mlflow.db')}"
+
+
+if tracking_uri() is None:
+    os.environ.update(SDN_TRACKING="off")
+else:
+    os.environ.update(SDN_TRACKING_URI=tracking_uri())
+
+
+envvars:
+    "SDN_WORKFLOW_ID",
+    "SDN_GIT_COMMIT",
+
+
+def init_tracking_store() -> None:
+    """Create the MLflow store and experiment once, before jobs fan out (trouble is only a warning)."""
+    if tracking_uri() is None:
+        return
+    Path(R).mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "sdn", "tracking-init", "--uri", tracking_uri()], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        print(f"warning: sdn tracking-init failed: {done.stderr[-2000:]}", file=sys.stderr)
+
+
+def job_env(rule_name: str):
+    """Params function: `SDN_MLFLOW_TAGS="<json>"`, the environment assignment that tags the job's MLflow run.
+
+    The ${...} references are expanded by the job's shell, so the params stay the same from one invocation to the
+    next and never trigger a rerun. (Snakemake itself sets OMP_NUM_THREADS and friends to the rule's threads.)
+    """
+
+    def build(wildcards) -> str:
+        document = {
+            "rule": rule_name,
+            "wildcards": dict(wildcards.items()),
+            "workflow_id": "@WORKFLOW_ID@",
+            "git_commit": "@GIT_COMMIT@",
+        }
+        text = json.dumps(document, sort_keys=True).replace('"', '\\"')
+        text = text.replace("@WORKFLOW_ID@", "${SDN_WORKFLOW_ID}").replace("@GIT_COMMIT@", "${SDN_GIT_COMMIT}")
+        return f'SDN_MLFLOW_TAGS="{text}"'
+
+    return build
+
+
+def _option(flag: str, value) -> list[str]:
+    if value is None or value is False:
+        return []
+    if value is True:
+        return [flag]
+    if isinstance(value, list):
+        return [flag, ",".join(str(item) for item in value)]
+    return [flag, str(value)]
+
+
+def _join(parts: list[str]) -> str:
+    return " ".join(parts)
+
+
+def device_options() -> str:
+    return _join(
+        _option("--device", config["device"]) + _option("--allow-cpu-fallback", config["allow_cpu_fallback"])
+    )
+
+
+def data_dir(dataset: str) -> str:
+    return os.path.join(R, "data", dataset)
+
+
+def backdoor_data_dir(dataset: str) -> str:
+    return os.path.join(R, "data", f"{dataset}-backdoor")
+
+
+def model_dir(wildcards, variant: str) -> str:
+    return os.path.join(R, wildcards.dataset, wildcards.arch, f"s{wildcards.seed}", variant)
+
+
+def prepare_options(wildcards) -> str:
+    """`sdn prepare-data` options of one configured data set."""
+    entry = config["datasets"][wildcards.dataset]
+    root = entry.get("data_root") or config["data_root"]
+    parts = ["--dataset", entry["source"], "--data-root", root]
+    parts += _option("--holdout", entry.get("holdout"))
+    parts += _option("--max-train", entry.get("max_train"))
+    parts += _option("--max-test", entry.get("max_test"))
+    parts += _option("--normalization", entry.get("normalization"))
+    parts += _option("--url", entry.get("url"))
+    parts += _option("--local-path", entry.get("local_path"))
+    return _join(parts)
+
+
+def train_options(kind: str, seed: int | str) -> str:
+    """`sdn train` options for one recipe kind: config overrides (null = paper default), device, engine, exits."""
+    recipe = config["recipes"][kind]
+    parts = ["--recipe", kind, "--seed", str(seed), "--engine", config["engine"], "--exits", config["exits"]]
+    parts += _option("--epochs", recipe.get("epochs"))
+    parts += _option("--lr", recipe.get("lr"))
+    parts += _option("--batch-size", recipe.get("batch_size"))
+    parts += _option("--max-train-samples", recipe.get("max_train_samples"))
+    return f"{_join(parts)} {device_options()}"
+
+
+def exit_rule_options() -> str:
+    """--fallback and --tolerance of the early-exit rule, shared by every command that simulates early exits."""
+    settings = config["analyses"]["early_exit"]
+    return _join(_option("--fallback", settings["fallback"]) + _option("--tolerance", settings["tolerance"]))
+
+
+def early_exit_options() -> str:
+    settings = config["analyses"]["early_exit"]
+    parts = _option("--policies", settings["policies"]) + _option("--budgets", settings["budgets"])
+    return f"{_join(parts)} {exit_rule_options()}"
+
+
+def backdoor_options() -> str:
+    parts = _option("--target", BACKDOOR["target"]) + _option("--rate", BACKDOOR["rate"])
+    parts += _option("--trigger-size", BACKDOOR["trigger_size"]) + _option("--trigger-x", BACKDOOR["trigger_x"])
+    parts += _option("--trigger-y", BACKDOOR["trigger_y"]) + _option("--seed", BACKDOOR["seed"])
+    return _join(parts)
+
+
+def resolved_config() -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+# --- target lists ---------------------------------------------------------------------------------------------
+def _runs() -> list[tuple[str, str, str]]:
+    return [(d, a, s) for d in DATASETS for a in ARCHS for s in SEEDS]
+
+
+def analysis_targets() -> list[str]:
+    """Every evaluation and analysis output of the natural (non-backdoor) experiments."""
+    targets = []
+    for dataset, arch, seed in _runs():
+        base = os.path.join(R, dataset, arch, f"s{seed}")
+        targets += [os.path.join(base, variant, "metrics.json") for variant in ["cnn", *SDN_VARIANTS]]
+        for variant in SDN_VARIANTS:
+            targets += [
+                os.path.join(base, variant, "analysis", analysis, "summary.json") for analysis in ANALYSES
+            ]
+        if config["analyses"]["gradcam"]["enabled"]:
+            targets.append(os.path.join(base, "ic_only", "analysis", "gradcam", "gradcam.png"))
+    return targets
+
+
+def backdoor_targets() -> list[str]:
+    if not BACKDOOR["enabled"]:
+        return []
+    base = os.path.join(R, BACKDOOR["dataset"], BACKDOOR["arch"], f"s{BACKDOOR['seed']}")
+    return [os.path.join(base, "bd_ic_only", "analysis", "backdoor", "summary.json")]
+
+
+def checkpoint_targets() -> list[str]:
+    """Every model.pt. Listed as targets so that deleting one checkpoint retrains it (and, through the newer
+    file, reruns exactly what depends on it); otherwise Snakemake ignores a missing intermediate file."""
+    variants = ["cnn", *SDN_VARIANTS]
+    targets = [os.path.join(R, d, a, f"s{s}", v, "model.pt") for d, a, s in _runs() for v in variants]
+    if BACKDOOR["enabled"]:
+        base = os.path.join(R, BACKDOOR["dataset"], BACKDOOR["arch"], f"s{BACKDOOR['seed']}")
+        targets += [os.path.join(base, variant, "model.pt") for variant in ("bd_cnn", "bd_ic_only")]
+    return targets
+
+
+def all_targets() -> list[str]:
+    return [os.path.join(R, "report", "summary.md"), *checkpoint_targets()]
+
+
+report: "../report/workflow.rst"
+
+
+onstart:
+    init_tracking_store()
