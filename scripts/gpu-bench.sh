@@ -5,7 +5,7 @@
 #
 #   scripts/gpu-bench.sh OUT_DIR [CIFAR10_JPEG_TAR_GZ]
 #
-# Environment: EPOCHS (real-data schedule, default 8), DEVICE (default cuda), SMALL=1 (tiny sizes, for a CPU dry run).
+# Environment: EPOCHS (real-data schedule, default 10), DEVICE (default cuda), SMALL=1 (tiny sizes, for a CPU dry run).
 set -uo pipefail
 out=${1:?usage: scripts/gpu-bench.sh OUT_DIR [cifar10-jpeg.tar.gz]}
 archive=${2:-}
@@ -15,7 +15,7 @@ out=$(cd "$out" && pwd)
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SDN_TRACKING=off
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
-epochs=${EPOCHS:-8}
+epochs=${EPOCHS:-10}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log() { echo "[gpu-bench $(date +%H:%M:%S)] $*"; }
@@ -40,7 +40,7 @@ fi
   > "$out/environment.txt" 2>&1
 
 log "1/3 sdn bench"
-timeout 240 $py -m sdn bench --device "$device" "${bench_args[@]}" --json-out "$out/bench.json" \
+timeout 180 $py -m sdn bench --device "$device" "${bench_args[@]}" --json-out "$out/bench.json" \
   > "$out/bench.log" 2>&1 || log "bench failed or timed out (see bench.log)"
 tail -n 12 "$out/bench.log"
 
@@ -58,7 +58,8 @@ $py -m sdn prepare-data --dataset imagefolder --data-root "$root" --out "$work/c
 log "3/3 ResNet-56 SDN training, $epochs epochs, fast then reference engine"
 for engine in fast reference; do
   start=$(date +%s.%N)
-  timeout 200 $py -m sdn train --recipe sdn --arch resnet56 --data "$work/c10" --out "$work/r56-$engine" \
+  limit=90; [ "$engine" = reference ] && limit=160
+  timeout "$limit" $py -m sdn train --recipe sdn --arch resnet56 --data "$work/c10" --out "$work/r56-$engine" \
     --epochs "$epochs" --seed 0 --device "$device" --engine "$engine" "${train_args[@]}" \
     > "$out/train-$engine.log" 2>&1 || log "$engine training failed or timed out (see train-$engine.log)"
   end=$(date +%s.%N)
@@ -74,7 +75,7 @@ done
 
 if [ -f "$work/r56-fast/model.pt" ]; then
   log "online early exit on the trained ResNet-56 SDN"
-  timeout 90 $py -m sdn bench --device "$device" --archs "" --recipes "" \
+  timeout 50 $py -m sdn bench --device "$device" --archs "" --recipes "" \
     --early-exit-checkpoint "$work/r56-fast/model.pt" --early-exit-data "$work/c10" \
     --json-out "$out/early-exit.json" > "$out/early-exit.log" 2>&1 || log "early-exit timing failed (see log)"
   tail -n 3 "$out/early-exit.log"

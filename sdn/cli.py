@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import math
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 COMMAND_MODULES = (
     "archs",
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        command.set_defaults(_run=module.run, _module=module)
     return parser
 
 
@@ -64,10 +68,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args._run(args) or 0)
+        return run_tracked(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"sdn {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def run_tracked(args: argparse.Namespace) -> int:
+    """Run the command as one tracked job (an MLflow run when tracking is configured).
+
+    Commands that track themselves in finer detail (per-epoch metrics: ``TRACKS_ITSELF = True``) and commands
+    without an output folder are run as they are. For the others the run records the parsed options as params,
+    the numbers of the ``summary.json`` written as metrics, and the files written into the output folder as
+    artifacts.
+    """
+    module = args._module
+    out_dir = tracked_out_dir(args)
+    if getattr(module, "TRACKS_ITSELF", False) or out_dir is None:
+        return int(args._run(args) or 0)
+    from sdn.tracking import track
+
+    params = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "verbose"}
+    name = "-".join(str(p) for p in (args.command, getattr(args, "backdoor_command", None)) if p)
+    started = time.time()
+    with track(name, params=params, out_dir=out_dir) as run:
+        code = int(args._run(args) or 0)
+        summary = out_dir / "summary.json"
+        if summary.is_file() and summary.stat().st_mtime >= started - 1:
+            run.log_metrics(numeric_leaves(json.loads(summary.read_text())))
+        for path in sorted(out_dir.rglob("*")):
+            if path.is_file() and not path.name.startswith(".") and path.stat().st_mtime >= started - 1:
+                if path.suffix in ARTIFACT_SUFFIXES:
+                    run.log_artifact(path)
+        run.set_tags({"exit_code": code})
+    return code
+
+
+ARTIFACT_SUFFIXES = {".png", ".pdf", ".csv", ".md", ".json"}
+
+
+def tracked_out_dir(args: argparse.Namespace) -> Path | None:
+    """The folder a command writes into: its ``--out`` (``report``: RESULTS/report by default)."""
+    out = getattr(args, "out", None)
+    if out is None and args.command == "report" and getattr(args, "results", None) is not None:
+        out = Path(args.results) / "report"
+    return Path(out) if out is not None else None
+
+
+def numeric_leaves(tree: object, prefix: str = "") -> dict[str, float]:
+    """Flatten the numbers of a JSON document into ``{"a.b.c": value}`` (booleans, strings and nulls skipped)."""
+    found: dict[str, float] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            found.update(numeric_leaves(value, f"{prefix}{key}."))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            found.update(numeric_leaves(value, f"{prefix}{index}."))
+    elif isinstance(tree, int | float) and not isinstance(tree, bool) and math.isfinite(tree):
+        found[prefix.rstrip(".")] = float(tree)
+    return found
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class GraphedTrainStep:
         self.static_x: torch.Tensor | None = None
         self.static_y: torch.Tensor | None = None
         self.static_loss: torch.Tensor | None = None
+        self.failed = False
 
     def set_weights(self, weights: Sequence[float]) -> None:
         if [w != 0.0 for w in weights] != self.active:
@@ -87,9 +88,17 @@ class GraphedTrainStep:
         return self._forward_backward(x, y).detach()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.failed:
+            return self.eager(x, y)
         lr = float(self.optimizer.param_groups[0]["lr"])
         if self.graph is None or self.captured_lr != lr:
-            self._capture(x, y, lr)
+            try:
+                self._capture(x, y, lr)
+            except RuntimeError as err:  # capture unsupported for this model/optimizer: stay correct, go eager
+                log.warning("CUDA graph capture failed (%s); running the training step eagerly", err)
+                self.failed = True
+                self.graph = None
+                return self.eager(x, y)
         assert self.static_x is not None and self.static_y is not None and self.static_loss is not None
         if x.shape != self.static_x.shape:
             return self.eager(x, y)
@@ -106,9 +115,8 @@ class GraphedTrainStep:
         return tensors
 
     @torch.no_grad()
-    def _snapshot(self) -> tuple[dict[int, torch.Tensor], set[int]]:
-        saved = {id(t): t.detach().clone() for t in self._state_tensors()}
-        return saved, set(saved)
+    def _snapshot(self) -> dict[int, torch.Tensor]:
+        return {id(t): t.detach().clone() for t in self._state_tensors()}
 
     @torch.no_grad()
     def _restore(self, saved: dict[int, torch.Tensor]) -> None:
@@ -120,22 +128,24 @@ class GraphedTrainStep:
                 tensor.zero_()
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        saved, _ = self._snapshot()
+        saved = self._snapshot()
         self.static_x = x.detach().clone()
         self.static_y = y.detach().clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._forward_backward(self.static_x, self.static_y)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            self.static_loss = self._forward_backward(self.static_x, self.static_y).detach()
-        torch.cuda.synchronize()
-        self._restore(saved)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._forward_backward(self.static_x, self.static_y)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                self.static_loss = self._forward_backward(self.static_x, self.static_y).detach()
+            torch.cuda.synchronize()
+        finally:
+            self._restore(saved)  # undo the warm-up steps, whether or not the capture worked
         self.graph = graph
         self.captured_lr = lr
         log.debug("captured the training step as a CUDA graph (batch %s, lr %g)", tuple(x.shape), lr)

@@ -54,6 +54,7 @@ class EngineOptions:
     channels_last: bool
     amp: bool
     compile: bool = False
+    cuda_graph: bool = False
 
 
 @dataclass
@@ -109,7 +110,9 @@ def build_optimizer(params: list[nn.Parameter], recipe: Recipe, device: torch.de
         return torch.optim.SGD(
             params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, **fast
         )
-    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fast)
+    # capturable keeps Adam's step counters on the device, so the step can be replayed as a CUDA graph
+    capturable = {"capturable": True} if device.type == "cuda" else {}
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fast, **capturable)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.MultiStepLR:
@@ -158,11 +161,13 @@ def train_one_epoch(
     options: EngineOptions,
     epoch: int,
     progress: bool = False,
+    step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochResult:
     """One pass over ``batches``; raises RuntimeError naming epoch and step if a loss is not finite.
 
     Finiteness is tracked on the device and checked once at the end of the epoch (no per-step synchronisation);
-    the caller must not checkpoint a failed epoch.
+    the caller must not checkpoint a failed epoch. ``step_fn(x, y) -> loss`` replaces the eager step (e.g. a
+    :class:`sdn.graphs.GraphedTrainStep`); it must apply the same ``weights``.
     """
     device = options.device
     autocast = (
@@ -173,15 +178,18 @@ def train_one_epoch(
     images = steps = 0
     start = time.perf_counter()
     for step, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress), 1):
-        if options.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast or nullcontext():
-            outputs = model(x)
-        loss = loss_fn(outputs, y, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        detached = loss.detach()
+        if step_fn is not None:
+            detached = step_fn(x, y)
+        else:
+            if options.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast or nullcontext():
+                outputs = model(x)
+            loss = loss_fn(outputs, y, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            detached = loss.detach()
         bad = ~torch.isfinite(detached)
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         total += detached.double() * y.shape[0]
@@ -310,9 +318,15 @@ def _history_csv(history: list[dict[str, float]]) -> str:
 
 
 def resolve_engine(
-    engine: str, device: torch.device, channels_last: bool | None, amp: bool | None, compile_model: bool
+    engine: str,
+    device: torch.device,
+    channels_last: bool | None,
+    amp: bool | None,
+    compile_model: bool,
+    cuda_graph: bool | None = None,
 ) -> EngineOptions:
-    """Defaults: the fast engine uses channels_last (CPU and CUDA) and bf16 autocast on CUDA; reference: neither."""
+    """Defaults: the fast engine uses channels_last (CPU and CUDA), and on CUDA bf16 autocast and the training step
+    replayed as a CUDA graph (not together with torch.compile); the reference engine uses none of them."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     fast = engine == "fast"
@@ -325,6 +339,7 @@ def resolve_engine(
         channels_last=fast if channels_last is None else channels_last,
         amp=(fast and device.type == "cuda") if amp is None else amp,
         compile=compile_model,
+        cuda_graph=(fast and device.type == "cuda" and not compile_model) if cuda_graph is None else cuda_graph,
     )
 
 
@@ -391,6 +406,7 @@ def train(
     amp: bool | None = None,
     compile_model: bool = False,
     allow_cpu_fallback: bool = False,
+    cuda_graph: bool | None = None,
 ) -> Path:
     """Train ``arch`` with ``recipe`` on the prepared data in ``data_dir``; return ``out_dir/model.pt``.
 
@@ -408,7 +424,9 @@ def train(
     if max_train_samples is not None and max_train_samples < 1:
         raise ValueError(f"max_train_samples must be a positive integer, got {max_train_samples}")
     target = device if isinstance(device, torch.device) else resolve_device(device, allow_cpu_fallback)
-    options = resolve_engine(engine, target, channels_last, amp, compile_model)
+    options = resolve_engine(engine, target, channels_last, amp, compile_model, cuda_graph)
+    if options.cuda_graph and target.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA device, but training runs on {target}")
     out = Path(out_dir)
     last_path, model_path = out / "last.pt", out / "model.pt"
 
@@ -453,6 +471,7 @@ def train(
         set_rng_state(state["rng"])
         log.info("resuming %s from %s after epoch %d", recipe.kind, last_path, state["epoch"])
     step_model: nn.Module = torch.compile(model) if options.compile else model
+    graph_step = _graph_step(model, optimizer, recipe, options) if options.cuda_graph else None
 
     progress = sys.stderr.isatty()
     epochs = tqdm(range(start_epoch, recipe.epochs + 1), desc=f"train {recipe.kind}", disable=not progress)
@@ -460,8 +479,17 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         weights = exit_weights(recipe, epoch, model.num_exits)
         set_train_mode(model, recipe)
+        if graph_step is not None:
+            graph_step.set_weights(weights)
         result = train_one_epoch(
-            step_model, batches_for(epoch), optimizer, weights, options=options, epoch=epoch, progress=progress
+            step_model,
+            batches_for(epoch),
+            optimizer,
+            weights,
+            options=options,
+            epoch=epoch,
+            progress=progress,
+            step_fn=graph_step,
         )
         scheduler.step()
         accuracy = holdout_accuracy(model, holdout_batches, options)
@@ -508,6 +536,7 @@ def train(
         "device": str(target),
         "channels_last": options.channels_last,
         "amp": options.amp,
+        "cuda_graph": options.cuda_graph,
         "torch": str(torch.__version__),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -517,6 +546,20 @@ def train(
     io.write_text(out / "history.csv", _history_csv(history))
     last_path.unlink(missing_ok=True)
     return model_path
+
+
+def _graph_step(model: MultiExitNet, optimizer: torch.optim.Optimizer, recipe: Recipe, options: EngineOptions) -> Any:
+    from sdn.graphs import GraphedTrainStep
+
+    active = [w != 0.0 for w in exit_weights(recipe, 1, model.num_exits)]
+    return GraphedTrainStep(
+        model,
+        optimizer,
+        num_outputs=model.num_exits,
+        active=active,
+        amp=options.amp,
+        channels_last=options.channels_last,
+    )
 
 
 def _check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

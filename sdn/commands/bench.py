@@ -100,4 +100,12 @@ def _table(document: dict) -> str:
                 f"{t['measured_saving']:.1%} (ratio {t['saving_ratio']}), "
                 f"online==offline {ee['online_matches_offline']}"
             )
+        graphed = ee.get("graphed_batch1")
+        if graphed:
+            lines.append(
+                f"graphed early exit batch 1: predicted saving {graphed['predicted_saving_these_images']:.1%}, "
+                f"measured {graphed['measured_saving']:.1%} (ratio {graphed['saving_ratio']:.2f}); CNN "
+                f"{graphed['cnn_median_latency_ms']:.3f} ms, "
+                f"early exit {graphed['early_exit_median_latency_ms']:.3f} ms"
+            )
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 from sdn.device import DEVICE_CHOICES
 
 NAME = "evaluate"
+TRACKS_ITSELF = True  # per-epoch metrics and its own artifacts
 HELP = "Cache every exit's logits (outputs.npz) and per-exit top-1/top-5 (metrics.json) for a checkpoint."
 
 

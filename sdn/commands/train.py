@@ -10,6 +10,7 @@ from sdn.config import BACKBONE_MODES, RECIPE_KINDS
 from sdn.device import DEVICE_CHOICES
 
 NAME = "train"
+TRACKS_ITSELF = True  # per-epoch metrics and its own artifacts
 HELP = "Train a CNN, the ICs of a trained CNN (ic_only) or a whole SDN; resumes from out/last.pt."
 
 
@@ -23,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="override the initial learning rate")
     parser.add_argument("--batch-size", type=int, help="override the batch size")
     parser.add_argument("--weight-decay", type=float, help="override the weight decay")
+    parser.add_argument(
+        "--milestones",
+        type=_int_list,
+        help="comma-separated 1-based epochs at which the lr drops x0.1 (default: the paper's, scaled to --epochs)",
+    )
     parser.add_argument("--seed", type=int, default=1221, help="random seed (the paper's is 1221)")
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N")
     parser.add_argument(
@@ -45,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast; default: on CUDA"
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay the training step as a CUDA graph; default: on with the fast engine on CUDA",
+    )
 
 
 def parse_exits(text: str) -> str | list[int]:
@@ -60,7 +72,16 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
     if args.backbone_mode is not None:
         overrides["backbone_mode"] = args.backbone_mode
+    if args.milestones is not None:
+        overrides["milestones"] = tuple(args.milestones)
     return overrides
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             channels_last=args.channels_last,
             amp=args.amp,
             compile_model=args.compile,
+            cuda_graph=args.cuda_graph,
             on_epoch=lambda epoch, metrics: tracked.log_metrics(_numeric(metrics), step=epoch),
         )
         meta = read_json(model_path.parent / "meta.json")

@@ -61,8 +61,7 @@ class MultiExitNet(nn.Module):
         self.exit_positions = positions
         shapes = self.block_output_shapes(input_size, in_channels)
         self.exits = nn.ModuleList(
-            InternalClassifier(*_chw(shapes[p], p), num_classes=num_classes, alpha_mode=alpha_mode)
-            for p in positions
+            InternalClassifier(*_chw(shapes[p], p), num_classes=num_classes, alpha_mode=alpha_mode) for p in positions
         )
 
     @property

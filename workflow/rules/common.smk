@@ -163,6 +163,7 @@ def train_options(kind: str, seed: int | str) -> str:
     parts += _option("--epochs", recipe.get("epochs"))
     parts += _option("--lr", recipe.get("lr"))
     parts += _option("--batch-size", recipe.get("batch_size"))
+    parts += _option("--milestones", recipe.get("milestones"))
     parts += _option("--max-train-samples", recipe.get("max_train_samples"))
     return f"{_join(parts)} {device_options()}"
 
