@@ -111,6 +111,8 @@ def tracked_out_dir(args: argparse.Namespace) -> Path | None:
     """The folder a command writes into: its ``--out`` (``report``: RESULTS/report by default)."""
     out = getattr(args, "out", None)
     if out is None and args.command == "report" and getattr(args, "results", None) is not None:
+        if not Path(args.results).is_dir():
+            return None  # nothing to report on: let the command say so, without creating folders first
         out = Path(args.results) / "report"
     return Path(out) if out is not None else None
 
