@@ -94,11 +94,18 @@ def _plot(result, doc: dict, cnn: tuple[np.ndarray, np.ndarray] | None, path: Pa
     ]
     if cnn is not None:
         panels.append((cnn[0], cnn[1], "CNN confidence (max softmax)", doc["auroc_cnn_confidence"]))
-    fig, axes = new_figure(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    fig, axes = new_figure(1, len(panels), figsize=(4.2 * len(panels), 3.6), layout="constrained")
     for ax, (values, correct, label, score) in zip(axes, panels, strict=True):
         edges = np.histogram_bin_edges(values, bins=BINS)
-        ax.hist(values[correct], bins=edges, alpha=0.6, color="tab:green", label=f"correct ({int(correct.sum())})")
-        ax.hist(values[~correct], bins=edges, alpha=0.6, color="tab:red", label=f"wrong ({int((~correct).sum())})")
+        ax.hist(values[correct], bins=edges, alpha=0.45, color="tab:green", label=f"correct ({int(correct.sum())})")
+        ax.hist(
+            values[~correct],
+            bins=edges,
+            histtype="step",
+            linewidth=1.8,
+            color="tab:red",
+            label=f"wrong ({int((~correct).sum())})",
+        )
         ax.set_xlabel(label)
         ax.set_ylabel("samples")
         ax.set_title(f"AUROC of errors (ours): {_fmt_auroc(score)}", fontsize=9)
