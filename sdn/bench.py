@@ -168,7 +168,7 @@ def fast_train_rate(
             )
             graph_step.set_weights(weights)
             rate = timed_rate(graph_step, _cycle(lambda: iter(loader)), s)
-            return rate, True
+            return rate, not graph_step.failed  # a failed capture falls back to eager steps inside
         except RuntimeError as err:  # capture unsupported here: measure the eager fast step instead
             log.warning("CUDA graph capture failed (%s); measuring the eager fast step", err)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
