@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", default="resnet56,mobilenet,vgg16bn,wrn32_4", help="comma-separated architectures")
-    parser.add_argument("--recipes", default="sdn,ic_only", help="recipes to time (cnn ~ sdn)")
+    parser.add_argument("--recipes", default="sdn,ic_only,cnn", help="comma-separated recipes to time")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per window")
@@ -26,7 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference engine")
     parser.add_argument("--input-size", type=int, default=32, choices=(32, 64))
     parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--concurrency", type=float, default=1.0, help="measured gain of jobs sharing a GPU")
+    parser.add_argument(
+        "--concurrent-jobs",
+        type=int,
+        default=1,
+        help="also time this many SDN-training processes sharing the device (the workflow's --resources gpu=N "
+        "with more slots than GPUs); 1: skip",
+    )
+    parser.add_argument("--concurrent-seconds", type=float, default=10.0, help="timed window of the shared run")
+    parser.add_argument(
+        "--concurrent-archs",
+        help="comma-separated architectures to time sharing the device (default: all of --archs)",
+    )
     parser.add_argument("--early-exit-checkpoint", help="a trained SDN model.pt: time online early exit")
     parser.add_argument("--early-exit-data", help="prepared data folder of that checkpoint")
     parser.add_argument("--json-out", help="write the results here (JSON)")
@@ -52,12 +63,30 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
     )
     kinds = tuple(k for k in args.recipes.split(",") if k)
-    results = [bench.bench_arch(a, settings, kinds) for a in args.archs.split(",") if a]
+    unknown = sorted(set(kinds) - set(bench.PAPER_EPOCHS))
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {unknown} in --recipes; choose from {sorted(bench.PAPER_EPOCHS)}")
+    if args.concurrent_jobs < 1:
+        raise ValueError(f"--concurrent-jobs must be at least 1, got {args.concurrent_jobs}")
+    archs = [a for a in args.archs.split(",") if a]
+    shared = archs if args.concurrent_archs is None else [a for a in args.concurrent_archs.split(",") if a]
+    if set(shared) - set(archs):
+        raise ValueError(f"--concurrent-archs {sorted(set(shared) - set(archs))} are not among --archs {archs}")
+    results = [
+        bench.bench_arch(
+            a,
+            settings,
+            kinds,
+            concurrent_jobs=args.concurrent_jobs if a in shared else 1,
+            concurrent_seconds=args.concurrent_seconds,
+        )
+        for a in archs
+    ]
     document = {
         "environment": bench.environment(device),
         "settings": {k: str(v) for k, v in vars(settings).items()},
         "archs": results,
-        "projection": bench.project_paper_grid(results, concurrency=args.concurrency) if "sdn" in kinds else None,
+        "projection": bench.project_paper_grid(results) if "sdn" in kinds and results else None,
     }
     if args.early_exit_checkpoint:
         if not args.early_exit_data:
@@ -84,13 +113,20 @@ def _table(document: dict) -> str:
                 f"{r['fast_train_images_per_s']:11.0f} {r['train_speedup']:6.2f} {r['reference_epoch_s']:11.1f} "
                 f"{r['fast_epoch_s']:12.1f} {r['epoch_speedup']:6.2f} {r['fast_tflops']:8.2f} {r['cuda_graph']}"
             )
+    for arch in document["archs"]:
+        shared = arch.get("concurrency")
+        if shared:
+            lines.append(
+                f"{arch['arch']:10s} sdn, {shared['jobs']} jobs sharing the device: "
+                f"{shared['aggregate_images_per_s']:.0f} img/s in all, x{shared['gain']:.2f} of one job"
+            )
     projection = document.get("projection")
     if projection:
         lines.append(
             "paper grid (CNN+IC-only+SDN at 100/25/100 epochs, these archs): fast "
             f"{projection['serial_fast_minutes']:.1f} min serial, "
-            f"{projection['projected_fast_minutes']:.1f} min at concurrency gain "
-            f"{projection['concurrency_gain']}; reference {projection['serial_reference_minutes']:.1f} min"
+            f"{projection['projected_fast_minutes']:.1f} min with {projection['concurrency_jobs']} jobs sharing; "
+            f"reference {projection['serial_reference_minutes']:.1f} min serial"
         )
     ee = document.get("early_exit")
     if ee:
@@ -98,14 +134,19 @@ def _table(document: dict) -> str:
             lines.append(
                 f"early exit batch {batch}: predicted saving {ee['predicted_saving']:.1%}, measured "
                 f"{t['measured_saving']:.1%} (ratio {t['saving_ratio']}), "
-                f"online==offline {ee['online_matches_offline']}"
+                f"online vs offline mismatches: {ee['online_prediction_mismatches']} predictions, "
+                f"{ee['online_exit_mismatches']} exits of {ee['num_test']}"
             )
-        graphed = ee.get("graphed_batch1")
-        if graphed:
-            lines.append(
-                f"graphed early exit batch 1: predicted saving {graphed['predicted_saving_these_images']:.1%}, "
-                f"measured {graphed['measured_saving']:.1%} (ratio {graphed['saving_ratio']:.2f}); CNN "
-                f"{graphed['cnn_median_latency_ms']:.3f} ms, "
-                f"early exit {graphed['early_exit_median_latency_ms']:.3f} ms"
-            )
+        for key in ("graphed_batch1", "graphed_batch1_device_read"):
+            graphed = ee.get(key)
+            if graphed:
+                read = "copied to pinned memory" if graphed["host_copy"] else "read from the device"
+                lines.append(
+                    f"graphed early exit batch 1 (decisions {read}): "
+                    f"predicted saving {graphed['predicted_saving_these_images']:.1%}, "
+                    f"measured {graphed['measured_saving']:.1%} (ratio {graphed['saving_ratio']:.2f}); "
+                    f"CNN {graphed['cnn_median_latency_ms']:.3f} ms, "
+                    f"early exit {graphed['early_exit_median_latency_ms']:.3f} ms, "
+                    f"{graphed['exit_mismatches_vs_offline']} exit mismatches vs offline"
+                )
     return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""``sdn bench`` and ``scripts/gpu-bench.sh`` on the CPU (small sizes): they run, and what they report adds up.
+
+No timing is asserted: speed targets live in the benchmark's JSON, not in tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdn.bench import PAPER_EPOCHS, project_paper_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(fast_epoch: float, reference_epoch: float) -> dict[str, float]:
+    return {"fast_epoch_s": fast_epoch, "reference_epoch_s": reference_epoch}
+
+
+def test_projection_sums_paper_epochs_and_credits_measured_sharing() -> None:
+    results = [
+        {  # every recipe measured, two jobs sharing measured at 1.5x
+            "arch": "a",
+            "recipes": {"sdn": _recipe(2.0, 20.0), "ic_only": _recipe(1.0, 10.0), "cnn": _recipe(1.5, 15.0)},
+            "concurrency": {"jobs": 2, "gain": 1.5},
+        },
+        {"arch": "b", "recipes": {"sdn": _recipe(3.0, 30.0)}},  # the CNN and IC-only borrow the SDN's epoch
+        {"arch": "c", "recipes": {"sdn": _recipe(1.0, 5.0)}, "concurrency": {"jobs": 2, "gain": 0.8}},
+        {"arch": "d", "recipes": {"sdn": _recipe(1.0, 5.0)}, "concurrency": {"jobs": 2, "gain": 2.4}},
+    ]
+    p = project_paper_grid(results)
+    a = PAPER_EPOCHS["cnn"] * 1.5 + PAPER_EPOCHS["ic_only"] * 1.0 + PAPER_EPOCHS["sdn"] * 2.0
+    b = sum(PAPER_EPOCHS.values()) * 3.0
+    c = d = sum(PAPER_EPOCHS.values()) * 1.0
+    assert p["per_arch"]["a"]["fast_s"] == pytest.approx(a)
+    assert p["per_arch"]["a"]["reference_s"] == pytest.approx(10 * a)
+    assert p["per_arch"]["b"]["fast_s"] == pytest.approx(b)
+    assert p["per_arch"]["b"]["measured_recipes"] == ["sdn"]
+    assert p["serial_fast_minutes"] == pytest.approx((a + b + c + d) / 60)
+    # a: credited 1.5x; b: nothing measured; c: a loss is not applied (don't share); d: capped at the job count
+    assert p["projected_fast_minutes"] == pytest.approx((a / 1.5 + b + c + d / 2) / 60)
+    assert p["concurrency_jobs"] == 2
+
+
+def _sdn(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SDN_TRACKING": "off", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "sdn", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--recipes", "sdn,cnnn"], "unknown recipe"),
+        (["--archs", "resnet56", "--concurrent-archs", "vgg16bn"], "not among --archs"),
+        (["--concurrent-jobs", "0"], "at least 1"),
+    ],
+)
+def test_bench_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _sdn("bench", "--device", "cpu", *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_on_cpu_reports_both_engines_and_sharing(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = _sdn(
+        *("bench", "--device", "cpu", "--archs", "mobilenet", "--recipes", "sdn,cnn", "--steps", "2"),
+        *("--warmup", "1", "--windows", "2", "--batch-size", "8", "--workers", "0"),
+        *("--concurrent-jobs", "2", "--concurrent-seconds", "1", "--json-out", str(out)),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    (arch,) = doc["archs"]
+    assert arch["arch"] == "mobilenet" and set(arch["recipes"]) == {"sdn", "cnn"}
+    for r in arch["recipes"].values():
+        assert r["reference_train_images_per_s"] > 0 and r["fast_train_images_per_s"] > 0
+        assert r["train_speedup"] == pytest.approx(r["fast_train_images_per_s"] / r["reference_train_images_per_s"])
+        assert r["cuda_graph"] is False  # no graphs on a CPU
+    shared = arch["concurrency"]
+    assert shared["jobs"] == 2 and len(shared["per_job_images_per_s"]) == 2
+    assert shared["aggregate_images_per_s"] == pytest.approx(sum(shared["per_job_images_per_s"]))
+    assert shared["gain"] == pytest.approx(
+        shared["aggregate_images_per_s"] / arch["recipes"]["sdn"]["fast_train_images_per_s"]
+    )
+    projection = doc["projection"]
+    assert projection["per_arch"]["mobilenet"]["measured_recipes"] == ["cnn", "sdn"]
+    assert projection["projected_fast_minutes"] <= projection["serial_fast_minutes"]
+    assert "mobilenet  sdn, 2 jobs sharing the device" in result.stdout
+
+
+def _fake_cifar_archive(path: Path, train_per_class: int = 100, test_per_class: int = 20) -> None:
+    """A CIFAR-10-JPEG-shaped archive (cifar10-jpeg/{train,test}/<class>/<n>.jpg) of three noisy colour classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = path.parent / "tree" / "cifar10-jpeg"
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for k, name in enumerate(("red", "green", "blue")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
+                pixels[..., k] += 150
+                Image.fromarray(pixels).save(folder / f"{i:04d}.jpg")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname="cifar10-jpeg")
+
+
+@pytest.mark.slow
+def test_gpu_bench_script_runs_on_cpu(tmp_path: Path) -> None:
+    archive = tmp_path / "c10.tar.gz"
+    _fake_cifar_archive(archive)
+    out = tmp_path / "out"
+    env = {**os.environ, "SMALL": "1", "DEVICE": "cpu", "EPOCHS": "1", "PYTHON": sys.executable, "BUDGET_S": "900"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-bench.sh"), str(out), str(archive)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(out / "stages.tsv", newline="") as f:
+        stages = {row["stage"]: row for row in csv.DictReader(f, delimiter="\t")}
+    expected = {"bench", "extract", "prepare", "train-fast", "train-reference", "evaluate-fast"}
+    assert expected | {"evaluate-reference", "early-exit"} <= set(stages), stages
+    assert all(row["rc"] == "0" for row in stages.values()), stages
+    bench = json.loads((out / "bench.json").read_text())
+    assert [a["arch"] for a in bench["archs"]] == ["resnet56", "mobilenet"]
+    assert "concurrency" in bench["archs"][1] and "concurrency" not in bench["archs"][0]
+    parity = json.loads((out / "parity.json").read_text())
+    assert len(parity["fast"]) == len(parity["reference"]) == 7  # ResNet-56: 6 ICs and the final head
+    early = json.loads((out / "early-exit.json").read_text())["early_exit"]
+    assert set(early["batches"]) == {"1", "256"}
+    assert isinstance(early["online_exit_mismatches"], int)
