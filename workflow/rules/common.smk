@@ -54,6 +54,9 @@ def _git_commit() -> str:
 # file) inherit the environment variable, so every job of one invocation carries the same id.
 os.environ.setdefault("SDN_WORKFLOW_ID", uuid.uuid4().hex)
 os.environ.setdefault("SDN_GIT_COMMIT", _git_commit())
+# Jobs asking for `cuda` on a machine with several GPUs claim the least busy one through slot locks here
+# (sdn.device); the `gpu` resource only bounds how many run at once.
+os.environ.setdefault("SDN_GPU_LOCK_DIR", os.path.abspath(os.path.join(R, ".gpu-slots")))
 
 
 def tracking_uri() -> str | None:
