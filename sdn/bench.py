@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import platform
+import queue
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -247,9 +248,22 @@ def concurrent_train_rate(arch: str, kind: str, s: BenchSettings, jobs: int, sec
     ]
     for p in processes:
         p.start()
-    reports = [results.get(timeout=900) for _ in processes]
-    for p in processes:
-        p.join(timeout=60)
+    reports: list[dict[str, Any]] = []
+    try:
+        while len(reports) < jobs:
+            try:
+                reports.append(results.get(timeout=5))
+            except queue.Empty:
+                crashed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                if crashed:  # died without a word (a segfault, the OOM killer)
+                    raise RuntimeError(
+                        f"concurrent benchmark of {arch} {kind}: a worker exited with code {crashed[0]}"
+                    ) from None
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
     errors = [r["error"] for r in reports if "error" in r]
     if errors:
         raise RuntimeError(f"concurrent benchmark of {arch} {kind} failed: {errors[0]}")
@@ -350,7 +364,12 @@ def bench_arch(
             fast_epoch,
         )
     if concurrent_jobs > 1 and "sdn" in result["recipes"]:
-        shared = concurrent_train_rate(arch, "sdn", settings, concurrent_jobs, concurrent_seconds)
+        try:
+            shared = concurrent_train_rate(arch, "sdn", settings, concurrent_jobs, concurrent_seconds)
+        except RuntimeError as err:  # keep the rest of the benchmark
+            log.warning("%s", err)
+            result["concurrency"] = {"jobs": concurrent_jobs, "error": str(err)}
+            return result
         single = result["recipes"]["sdn"]["fast_train_images_per_s"]
         shared["single_job_images_per_s"] = single
         shared["gain"] = shared["aggregate_images_per_s"] / single

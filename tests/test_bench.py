@@ -145,3 +145,13 @@ def test_gpu_bench_script_runs_on_cpu(tmp_path: Path) -> None:
     early = json.loads((out / "early-exit.json").read_text())["early_exit"]
     assert set(early["batches"]) == {"1", "256"}
     assert isinstance(early["online_exit_mismatches"], int)
+
+
+def test_a_failing_shared_job_is_reported_not_hung() -> None:
+    import torch
+
+    from sdn.bench import BenchSettings, concurrent_train_rate
+
+    settings = BenchSettings(device=torch.device("cpu"), batch_size=4, steps=1, warmup=1, windows=1, workers=0)
+    with pytest.raises(RuntimeError, match="concurrent benchmark of no-such-arch sdn failed: .*no-such-arch"):
+        concurrent_train_rate("no-such-arch", "sdn", settings, jobs=2, seconds=1)

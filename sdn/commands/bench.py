@@ -68,29 +68,30 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown recipe(s) {unknown} in --recipes; choose from {sorted(bench.PAPER_EPOCHS)}")
     if args.concurrent_jobs < 1:
         raise ValueError(f"--concurrent-jobs must be at least 1, got {args.concurrent_jobs}")
+    if args.early_exit_checkpoint and not args.early_exit_data:
+        raise ValueError("--early-exit-checkpoint needs --early-exit-data (its prepared data folder)")
     archs = [a for a in args.archs.split(",") if a]
     shared = archs if args.concurrent_archs is None else [a for a in args.concurrent_archs.split(",") if a]
     if set(shared) - set(archs):
         raise ValueError(f"--concurrent-archs {sorted(set(shared) - set(archs))} are not among --archs {archs}")
-    results = [
-        bench.bench_arch(
-            a,
-            settings,
-            kinds,
-            concurrent_jobs=args.concurrent_jobs if a in shared else 1,
-            concurrent_seconds=args.concurrent_seconds,
-        )
-        for a in archs
-    ]
-    document = {
+    document: dict = {
         "environment": bench.environment(device),
         "settings": {k: str(v) for k, v in vars(settings).items()},
-        "archs": results,
-        "projection": bench.project_paper_grid(results) if "sdn" in kinds and results else None,
+        "archs": [],
+        "projection": None,
     }
+    for arch in archs:
+        concurrent_jobs = args.concurrent_jobs if arch in shared else 1
+        document["archs"].append(
+            bench.bench_arch(
+                arch, settings, kinds, concurrent_jobs=concurrent_jobs, concurrent_seconds=args.concurrent_seconds
+            )
+        )
+        if "sdn" in kinds:
+            document["projection"] = bench.project_paper_grid(document["archs"])
+        if args.json_out:  # after every architecture: a run cut short keeps what it measured
+            io.write_json(args.json_out, document)
     if args.early_exit_checkpoint:
-        if not args.early_exit_data:
-            raise ValueError("--early-exit-checkpoint needs --early-exit-data (its prepared data folder)")
         document["early_exit"] = bench.early_exit_timing(args.early_exit_checkpoint, args.early_exit_data, device)
     print(_table(document))
     if args.json_out:
@@ -115,7 +116,11 @@ def _table(document: dict) -> str:
             )
     for arch in document["archs"]:
         shared = arch.get("concurrency")
-        if shared:
+        if shared and "error" in shared:
+            lines.append(
+                f"{arch['arch']:10s} sdn, {shared['jobs']} jobs sharing the device: failed ({shared['error']})"
+            )
+        elif shared:
             lines.append(
                 f"{arch['arch']:10s} sdn, {shared['jobs']} jobs sharing the device: "
                 f"{shared['aggregate_images_per_s']:.0f} img/s in all, x{shared['gain']:.2f} of one job"
