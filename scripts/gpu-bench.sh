@@ -6,8 +6,10 @@
 #   scripts/gpu-bench.sh OUT_DIR [CIFAR10_JPEG_TAR_GZ]
 #
 # Environment: EPOCHS (real-data schedule, default 10), DEVICE (default cuda), SMALL=1 (tiny sizes, for a CPU dry run),
-# BUDGET_S (default 470: every stage's time limit is cut to what is left of it, so the whole run ends within 8 min).
-# Each stage's wall time goes to OUT_DIR/stages.tsv.
+# BUDGET_S (default 470: every stage's time limit is cut to what is left of it, so the whole run ends within 8 min),
+# SEEDS (real-data seeds, default "0"; both engines per seed), SKIP_BENCH=1 (only the real-data check, e.g.
+# SKIP_BENCH=1 SEEDS="0 1 2" BUDGET_S=590 for a parity study in one 10-minute call).
+# Each stage's wall time goes to OUT_DIR/stages.tsv; parity.json holds per-exit test top-1 per engine and seed.
 set -uo pipefail
 out=${1:?usage: scripts/gpu-bench.sh OUT_DIR [cifar10-jpeg.tar.gz]}
 archive=${2:-}
@@ -18,6 +20,7 @@ export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SDN_TRAC
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 epochs=${EPOCHS:-10}
+seeds=${SEEDS:-0}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log() { echo "[gpu-bench $(date +%H:%M:%S)] $*"; }
@@ -57,10 +60,14 @@ fi
 { nvidia-smi || true; $py -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'; } \
   > "$out/environment.txt" 2>&1
 
-log "1/3 sdn bench"
-stage bench 230 $py -m sdn bench --device "$device" "${bench_args[@]}" --json-out "$out/bench.json" \
-  > "$out/bench.log" 2>&1 || log "bench failed or timed out (see bench.log)"
-tail -n 12 "$out/bench.log"
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+  log "1/3 sdn bench skipped (SKIP_BENCH=1)"
+else
+  log "1/3 sdn bench"
+  stage bench 230 $py -m sdn bench --device "$device" "${bench_args[@]}" --json-out "$out/bench.json" \
+    > "$out/bench.log" 2>&1 || log "bench failed or timed out (see bench.log)"
+  tail -n 14 "$out/bench.log"
+fi
 
 if [ -z "$archive" ] || [ ! -f "$archive" ]; then
   log "no CIFAR-10 JPEG archive given or found: skipping the real-data check"
@@ -73,43 +80,51 @@ root=$(find "$work" -maxdepth 2 -type d -name train -printf '%h\n' | head -n 1)
 stage prepare 60 $py -m sdn prepare-data --dataset imagefolder --data-root "$root" --out "$work/c10" "${prep_args[@]}" \
   > "$out/prepare.log" 2>&1 || { log "prepare failed"; tail -n 20 "$out/prepare.log"; exit 1; }
 
-log "3/3 ResNet-56 SDN training, $epochs epochs, fast then reference engine"
-for engine in fast reference; do
-  start=$(date +%s.%N)
-  seconds=75; [ "$engine" = reference ] && seconds=150
-  stage "train-$engine" "$seconds" $py -m sdn train --recipe sdn --arch resnet56 --data "$work/c10" --out "$work/r56-$engine" \
-    --epochs "$epochs" --seed 0 --device "$device" --engine "$engine" "${train_args[@]}" \
-    > "$out/train-$engine.log" 2>&1 || log "$engine training failed or timed out (see train-$engine.log)"
-  end=$(date +%s.%N)
-  awk -v e="$engine" -v a="$start" -v b="$end" 'BEGIN { printf "{\"engine\": \"%s\", \"wall_s\": %.2f}\n", e, b - a }' \
-    > "$out/train-$engine-wall.json"
-  if [ -f "$work/r56-$engine/model.pt" ]; then
-    cp "$work/r56-$engine/history.csv" "$out/history-$engine.csv"
-    stage "evaluate-$engine" 30 $py -m sdn evaluate --checkpoint "$work/r56-$engine/model.pt" --data "$work/c10" \
-      --out "$work/r56-$engine/outputs.npz" --device "$device" >> "$out/train-$engine.log" 2>&1
-    cp "$work/r56-$engine/metrics.json" "$out/metrics-$engine.json" 2>/dev/null
-  fi
-  tail -n 4 "$out/train-$engine.log"
+log "3/3 ResNet-56 SDN training, $epochs epochs, seeds $seeds, fast then reference engine"
+for seed in $seeds; do
+  for engine in fast reference; do
+    run="$engine-s$seed"
+    seconds=75; [ "$engine" = reference ] && seconds=150
+    stage "train-$run" "$seconds" $py -m sdn train --recipe sdn --arch resnet56 --data "$work/c10" \
+      --out "$work/r56-$run" --epochs "$epochs" --seed "$seed" --device "$device" --engine "$engine" \
+      "${train_args[@]}" > "$out/train-$run.log" 2>&1 || log "$run training failed or timed out (see train-$run.log)"
+    if [ -f "$work/r56-$run/model.pt" ]; then
+      cp "$work/r56-$run/history.csv" "$out/history-$run.csv"
+      stage "evaluate-$run" 30 $py -m sdn evaluate --checkpoint "$work/r56-$run/model.pt" --data "$work/c10" \
+        --out "$work/r56-$run/outputs.npz" --device "$device" >> "$out/train-$run.log" 2>&1
+      cp "$work/r56-$run/metrics.json" "$out/metrics-$run.json" 2>/dev/null
+    fi
+    tail -n 3 "$out/train-$run.log"
+  done
 done
 
-if [ -f "$work/r56-fast/model.pt" ]; then
+first_fast="$work/r56-fast-s${seeds%% *}/model.pt"
+if [ -f "$first_fast" ]; then
   log "online early exit on the trained ResNet-56 SDN"
   stage early-exit 45 $py -m sdn bench --device "$device" --archs "" --recipes "" \
-    --early-exit-checkpoint "$work/r56-fast/model.pt" --early-exit-data "$work/c10" \
+    --early-exit-checkpoint "$first_fast" --early-exit-data "$work/c10" \
     --json-out "$out/early-exit.json" > "$out/early-exit.log" 2>&1 || log "early-exit timing failed (see log)"
   tail -n 3 "$out/early-exit.log"
 fi
 $py - "$out" <<'PY'
-import json, sys, pathlib
+import json, pathlib, statistics, sys
+
 out = pathlib.Path(sys.argv[1])
-summary = {}
-for engine in ("fast", "reference"):
-    m = out / f"metrics-{engine}.json"
-    if m.exists():
-        summary[engine] = json.loads(m.read_text())["splits"]["test"]["top1"]
-if len(summary) == 2:
-    summary["max_abs_diff_points"] = max(abs(a - b) for a, b in zip(summary["fast"], summary["reference"]))
+per_seed: dict[str, dict[str, list[float]]] = {"fast": {}, "reference": {}}
+for path in sorted(out.glob("metrics-*-s*.json")):
+    engine, seed = path.stem.removeprefix("metrics-").rsplit("-s", 1)
+    per_seed[engine][seed] = json.loads(path.read_text())["splits"]["test"]["top1"]
+summary: dict = {"per_seed": per_seed}
+for engine, runs in per_seed.items():
+    if runs:  # per-exit mean over the seeds this engine finished
+        summary[engine] = [statistics.fmean(values) for values in zip(*runs.values())]
+paired = sorted(set(per_seed["fast"]) & set(per_seed["reference"]))
+if paired:
+    diffs = [[f - r for f, r in zip(per_seed["fast"][s], per_seed["reference"][s])] for s in paired]
+    summary["paired_seeds"] = paired
+    summary["mean_diff_points"] = [statistics.fmean(d) for d in zip(*diffs)]  # fast - reference, per exit
+    summary["max_abs_mean_diff_points"] = max(abs(d) for d in summary["mean_diff_points"])
 (out / "parity.json").write_text(json.dumps(summary, indent=2))
-print("per-exit test top-1:", json.dumps(summary))
+print("per-exit test top-1:", json.dumps({k: v for k, v in summary.items() if k != "per_seed"}))
 PY
 log done

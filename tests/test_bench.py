@@ -123,7 +123,11 @@ def test_gpu_bench_script_runs_on_cpu(tmp_path: Path) -> None:
     archive = tmp_path / "c10.tar.gz"
     _fake_cifar_archive(archive)
     out = tmp_path / "out"
-    env = {**os.environ, "SMALL": "1", "DEVICE": "cpu", "EPOCHS": "1", "PYTHON": sys.executable, "BUDGET_S": "900"}
+    env = {
+        **os.environ,
+        **{"SMALL": "1", "DEVICE": "cpu", "EPOCHS": "1", "SEEDS": "0 1", "BUDGET_S": "900"},
+        "PYTHON": sys.executable,
+    }
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu-bench.sh"), str(out), str(archive)],
         env=env,
@@ -134,14 +138,24 @@ def test_gpu_bench_script_runs_on_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     with open(out / "stages.tsv", newline="") as f:
         stages = {row["stage"]: row for row in csv.DictReader(f, delimiter="\t")}
-    expected = {"bench", "extract", "prepare", "train-fast", "train-reference", "evaluate-fast"}
-    assert expected | {"evaluate-reference", "early-exit"} <= set(stages), stages
+    runs = [f"{engine}-s{seed}" for seed in (0, 1) for engine in ("fast", "reference")]
+    expected = {"bench", "extract", "prepare", "early-exit"} | {
+        f"{step}-{run}" for run in runs for step in ("train", "evaluate")
+    }
+    assert set(stages) == expected, stages
     assert all(row["rc"] == "0" for row in stages.values()), stages
     bench = json.loads((out / "bench.json").read_text())
     assert [a["arch"] for a in bench["archs"]] == ["resnet56", "mobilenet"]
     assert "concurrency" in bench["archs"][1] and "concurrency" not in bench["archs"][0]
     parity = json.loads((out / "parity.json").read_text())
+    assert parity["paired_seeds"] == ["0", "1"]
     assert len(parity["fast"]) == len(parity["reference"]) == 7  # ResNet-56: 6 ICs and the final head
+    fast, reference = parity["per_seed"]["fast"], parity["per_seed"]["reference"]
+    expected_diff = [
+        ((f0 - r0) + (f1 - r1)) / 2
+        for f0, r0, f1, r1 in zip(fast["0"], reference["0"], fast["1"], reference["1"], strict=True)
+    ]
+    assert parity["mean_diff_points"] == pytest.approx(expected_diff)
     early = json.loads((out / "early-exit.json").read_text())["early_exit"]
     assert set(early["batches"]) == {"1", "256"}
     assert isinstance(early["online_exit_mismatches"], int)
