@@ -497,6 +497,7 @@ def early_exit_timing(
         from sdn.graphed_inference import time_graphed_batch1
 
         n = min(len(test_labels), 256)
+        predicted = 1.0 - float(costs[offline.exit_index[:n]].mean())  # the saving ops predict for these images
         for key, host_copy in (("graphed_batch1", True), ("graphed_batch1_device_read", False)):
             graphed = time_graphed_batch1(model, test_images[:n], threshold, host_copy=host_copy)
             graphed["prediction_mismatches_vs_offline"] = int(
@@ -505,7 +506,7 @@ def early_exit_timing(
             graphed["exit_mismatches_vs_offline"] = int(
                 (np.array(graphed.pop("exit_index")) != offline.exit_index[:n]).sum()
             )
-            graphed["predicted_saving_these_images"] = 1.0 - float(costs[offline.exit_index[:n]].mean())
-            graphed["saving_ratio"] = graphed["measured_saving"] / graphed["predicted_saving_these_images"]
+            graphed["predicted_saving_these_images"] = predicted
+            graphed["saving_ratio"] = graphed["measured_saving"] / predicted
             result[key] = graphed
     return result
