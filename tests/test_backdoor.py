@@ -239,6 +239,20 @@ def test_analyze_by_hand() -> None:
     assert [row["name"] for row in result.per_exit_rows()] == ["IC1", "IC2", "final"]
 
 
+def test_analyze_reports_when_no_threshold_meets_the_tolerance() -> None:
+    cnn, sdn = hand_made_outputs()
+    labels = sdn["holdout_labels"]
+    sdn["holdout_logits"] = logits_of(  # ICs confident (softmax 1.0 in float32) and wrong; the final head right
+        [list((labels + 1) % K), list((labels + 1) % K), list(labels)], [[1e4] * 4, [1e4] * 4, [HI] * 4]
+    )
+    result = analyze(cnn, sdn, target=TARGET, tolerance=0.5)
+    assert result.threshold_status == "none" and "no threshold reaches accuracy" in result.threshold_reason
+    assert result.threshold_holdout_accuracy == 0.0
+    early = result.summary()["early_exit"]
+    assert early["threshold_status"] == "none" and early["threshold_reason"] == result.threshold_reason
+    assert result.early_exit_clean.cost_fraction == pytest.approx(0.2)  # every input still exits at IC1
+
+
 def test_analyze_rejects_mismatched_inputs() -> None:
     cnn, sdn = hand_made_outputs()
     with pytest.raises(ValueError, match="target class 0"):

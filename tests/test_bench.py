@@ -169,3 +169,39 @@ def test_a_failing_shared_job_is_reported_not_hung() -> None:
     settings = BenchSettings(device=torch.device("cpu"), batch_size=4, steps=1, warmup=1, windows=1, workers=0)
     with pytest.raises(RuntimeError, match="concurrent benchmark of no-such-arch sdn failed: .*no-such-arch"):
         concurrent_train_rate("no-such-arch", "sdn", settings, jobs=2, seconds=1)
+
+
+def test_bench_reports_when_no_threshold_meets_the_tolerance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model whose ICs are confidently wrong where the final head is right: no threshold keeps the held-out
+    accuracy within the tolerance. The bench says so in its JSON and output, times the best threshold, exits 0."""
+    from test_train import ensure_tiny_arch, tiny_recipe, train_tiny, write_prepared
+
+    import sdn.evaluate
+    from sdn.cli import main
+
+    ensure_tiny_arch()
+    data = write_prepared(tmp_path / "data")
+    checkpoint = train_tiny(data, tmp_path / "run", recipe=tiny_recipe(epochs=1, milestones=()))
+
+    def confidently_wrong_ics(model: object, loader: object) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.concatenate([y.numpy() for _, y in loader])
+        logits = np.zeros((4, len(labels), 4), dtype=np.float32)  # 3 ICs and the final head, 4 classes
+        logits[:-1, np.arange(len(labels)), (labels + 1) % 4] = 1e4  # softmax exactly 1.0, always wrong
+        logits[-1, np.arange(len(labels)), labels] = 5.0  # the final head is always right
+        return logits, labels
+
+    monkeypatch.setattr(sdn.evaluate, "collect_logits", confidently_wrong_ics)
+    monkeypatch.setenv("SDN_TRACKING", "off")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--archs", "", "--recipes", "", "--json-out", str(out)]
+    args += ["--early-exit-checkpoint", str(checkpoint), "--early-exit-data", str(data)]
+    assert main(args) == 0
+    early = json.loads(out.read_text())["early_exit"]
+    assert early["threshold_status"] == "none"
+    assert "no threshold reaches accuracy" in early["threshold_reason"]
+    assert early["final_holdout_accuracy"] == 100.0 and early["holdout_accuracy"] == 0.0
+    assert early["final_exit_cost_fraction"] >= 1.0  # the CNN plus every IC on the way
+    assert set(early["batches"]) == {"1", "256"}
+    assert "no threshold reaches accuracy" in capsys.readouterr().out

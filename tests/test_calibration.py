@@ -112,3 +112,23 @@ def test_cli_chooses_threshold_on_holdout_by_default(tmp_path):
     assert summary["early_exit"]["rule"] == "tolerance 0.5 on holdout"
     assert 0.0 <= summary["early_exit"]["threshold"] <= 1.0
     assert main(["calibration", "--outputs", str(npz), "--out", str(out), "--threshold", "2"]) == 2
+
+
+def test_no_threshold_meeting_the_tolerance_is_reported_not_fatal(tmp_path):
+    labels = np.array([0, 1, 2, 0])
+    wrong = np.eye(3)[(labels + 1) % 3] * 1e4  # ICs: softmax exactly 1.0 on a wrong class, at every threshold
+    logits = np.stack([wrong, wrong, np.eye(3)[labels] * 5.0]).astype(np.float32)  # the final head is right
+    npz = tmp_path / "outputs.npz"
+    save_npz(
+        npz,
+        holdout_logits=logits,
+        holdout_labels=labels,
+        test_logits=logits,
+        test_labels=labels,
+        exit_fraction=np.array([0.3, 0.6, 1.0]),
+    )
+    out = tmp_path / "cal"
+    assert main(["calibration", "--outputs", str(npz), "--out", str(out)]) == 0
+    early = json.loads((out / "summary.json").read_text())["early_exit"]
+    assert early["threshold_status"] == "none" and "no threshold reaches accuracy" in early["threshold_reason"]
+    assert early["accuracy"] == 0.0  # the most accurate threshold of the grid still exits every sample at IC1

@@ -167,6 +167,17 @@ def test_choose_by_tolerance_picks_cheapest_within_tolerance():
         ee.choose_by_tolerance(TABLE, 95.0, 0.5)
 
 
+def test_choose_by_tolerance_or_best_reports_instead_of_failing():
+    ok = ee.choose_by_tolerance_or_best(TABLE, 90.4, 0.5)
+    assert (ok.status, ok.threshold, ok.reason) == ("ok", 0.9, None)
+    none = ee.choose_by_tolerance_or_best(TABLE, 95.0, 0.5)
+    assert none.status == "none" and none.threshold == 0.99  # the most accurate row
+    assert "no threshold reaches accuracy >= 94.500%" in none.reason and "0.99" in none.reason
+    assert none.record() == {"threshold_status": "none", "threshold_reason": none.reason}
+    tied = pd.DataFrame({"threshold": [0.8, 0.9], "accuracy": [50.0, 50.0], "cost": [0.6, 0.4]})
+    assert ee.choose_by_tolerance_or_best(tied, 99.0).threshold == 0.9  # equal accuracy: the cheaper row
+
+
 def test_choose_by_budget_picks_most_accurate_within_budget():
     cost = np.array([0.3, 0.6, 1.1])
     assert ee.choose_by_budget(TABLE, 0.6, cost)["threshold"] == 0.7

@@ -176,6 +176,8 @@ class BackdoorResult:
     threshold_holdout_cost: float
     early_exit_clean: EarlyExitOutcome
     early_exit_triggered: EarlyExitOutcome
+    threshold_status: str = "ok"
+    threshold_reason: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The summary.json document (keys in docs/internals.md, "Analysis outputs: backdoor, gradcam")."""
@@ -206,6 +208,8 @@ class BackdoorResult:
             },
             "early_exit": {
                 "threshold": self.threshold,
+                "threshold_status": self.threshold_status,
+                "threshold_reason": self.threshold_reason,
                 "holdout_accuracy": self.threshold_holdout_accuracy,
                 "holdout_cost_fraction": self.threshold_holdout_cost,
                 "clean": asdict(self.early_exit_clean),
@@ -273,7 +277,8 @@ def analyze(
     probs = {split: softmax(sdn_splits[split][0]) for split in SPLITS}
     grid = early_exit.default_thresholds(policy, num_exits)
     table = early_exit.sweep(probs["holdout"], sdn_splits["holdout"][1], cost, policy, grid, fallback)
-    row = early_exit.choose_by_tolerance(table, float(per_exit["holdout"][-1]), tolerance)
+    choice = early_exit.choose_by_tolerance_or_best(table, float(per_exit["holdout"][-1]), tolerance)
+    row = choice.row
     threshold = early_exit.check_threshold(policy, row["threshold"])
     outcomes = {}
     for split in ("test", "test_triggered"):
@@ -305,6 +310,8 @@ def analyze(
         threshold_holdout_cost=float(row["cost"]),
         early_exit_clean=outcomes["test"],
         early_exit_triggered=outcomes["test_triggered"],
+        threshold_status=choice.status,
+        threshold_reason=choice.reason,
     )
 
 

@@ -88,11 +88,12 @@ def analyse(
         choose_probs = softmax(choose_logits)
         final_acc = float(100.0 * (choose_probs[-1].argmax(axis=-1) == choose_labels).mean())
         table = ee.sweep(choose_probs, choose_labels, cost, "confidence", None, fallback)
-        threshold = float(ee.choose_by_tolerance(table, final_acc, tolerance)["threshold"])
+        choice = ee.choose_by_tolerance_or_best(table, final_acc, tolerance)
+        threshold, status, reason = choice.threshold, choice.status, choice.reason
         rule = f"tolerance {tolerance} on {split_choose}"
     else:
         threshold = float(ee.check_threshold("confidence", threshold))
-        rule = "given"
+        rule, status, reason = "given", "ok", None
     result = ee.simulate(probs, labels, cost, "confidence", threshold, fallback)
     names = exit_names(num_exits)
     sources = {name: probs[e] for e, name in enumerate(names)}
@@ -120,6 +121,8 @@ def analyse(
             "policy": "confidence",
             "threshold": threshold,
             "rule": rule,
+            "threshold_status": status,
+            "threshold_reason": reason,
             "fallback": fallback,
             "ece": rows[-1]["ece"],
             "accuracy": result.accuracy,

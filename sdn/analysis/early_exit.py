@@ -216,6 +216,39 @@ def choose_by_tolerance(
     return ok.sort_values(["cost", "accuracy"], ascending=[True, False], kind="stable").iloc[0]
 
 
+@dataclass(frozen=True)
+class ToleranceChoice:
+    """A threshold chosen by the tolerance rule, or the best the grid offers when none meets it.
+
+    ``status`` is ``"ok"`` when ``row`` meets the tolerance and ``"none"`` when it does not; then ``row`` is the most
+    accurate row of the grid (cheapest among equals) and ``reason`` says why no row qualified.
+    """
+
+    status: Literal["ok", "none"]
+    row: pd.Series
+    reason: str | None = None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.row["threshold"])
+
+    def record(self) -> dict[str, Any]:
+        """The JSON fields every report of a tolerance choice carries."""
+        return {"threshold_status": self.status, "threshold_reason": self.reason}
+
+
+def choose_by_tolerance_or_best(
+    table: pd.DataFrame, final_accuracy: float, tolerance: float = DEFAULT_TOLERANCE
+) -> ToleranceChoice:
+    """:func:`choose_by_tolerance`, falling back to the most accurate row (cheapest among equals) with status
+    ``"none"`` when no row reaches the tolerance: for commands that must report, not fail, on such a model."""
+    try:
+        return ToleranceChoice("ok", choose_by_tolerance(table, final_accuracy, tolerance))
+    except NoThresholdError as err:
+        best = table.sort_values(["accuracy", "cost"], ascending=[False, True], kind="stable").iloc[0]
+        return ToleranceChoice("none", best, f"{err}; using the most accurate threshold {best['threshold']:g}")
+
+
 def choose_by_budget(table: pd.DataFrame, budget: float, exit_cost_fraction: np.ndarray) -> pd.Series:
     """The most accurate row of a (held-out) sweep whose average cost <= ``budget`` (fraction of the CNN's cost).
 

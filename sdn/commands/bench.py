@@ -135,6 +135,8 @@ def _table(document: dict) -> str:
         )
     ee = document.get("early_exit")
     if ee:
+        if ee["threshold_status"] != "ok":
+            lines.append(f"early exit: {ee['threshold_reason']}")
         for batch, t in ee["batches"].items():
             lines.append(
                 f"early exit batch {batch}: predicted saving {ee['predicted_saving']:.1%}, measured "
