@@ -185,3 +185,32 @@ def test_cli_gradcam_on_a_tiny_checkpoint(tmp_path) -> None:
     assert [int(r["final_prediction"]) for r in rows] == [int(p) for p in preds[-1, 2:5]]
     assert n > 5
     assert main([*args, "--outputs", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
+
+
+def test_cli_gradcam_without_a_destructive_sample_writes_an_empty_figure(tmp_path) -> None:
+    """Whether a trained model has such samples is a property of the model: the job reports it and succeeds."""
+    import csv
+
+    from test_train import TINY_ARCH, TINY_CLASSES, TINY_SIZE, ensure_tiny_arch, write_prepared
+
+    from sdn.cli import main
+    from sdn.io import save_torch
+    from sdn.models import create
+
+    ensure_tiny_arch()
+    data = write_prepared(tmp_path / "data")
+    model = create(TINY_ARCH, num_classes=TINY_CLASSES, input_size=TINY_SIZE, exits="paper")
+    meta = {"arch": TINY_ARCH, "num_classes": TINY_CLASSES, "input_size": TINY_SIZE}
+    save_torch({"state_dict": model.state_dict(), "meta": {**meta, "exit_positions": list(model.exit_positions)}},
+               tmp_path / "model.pt")  # fmt: skip
+    labels = torch.load(data / "test.pt")["labels"].numpy()
+    preds = np.tile(labels, (model.num_exits, 1))  # every exit right: nothing is destructive
+    np.savez(tmp_path / "outputs.npz", test_logits=np.eye(TINY_CLASSES)[preds].astype(np.float32), test_labels=labels)
+    out = tmp_path / "gradcam"
+    args = ["gradcam", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(data)]
+    assert main([*args, "--outputs", str(tmp_path / "outputs.npz"), "--out", str(out)]) == 0
+    assert (out / "gradcam.png").stat().st_size > 0 and (out / "gradcam.pdf").is_file()
+    with (out / "samples.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert list(reader) == [] and reader.fieldnames == ["row", "index", "label", "label_name", "ic1_prediction",
+                                                            "final_prediction", "rule"]  # fmt: skip

@@ -73,6 +73,10 @@ def grad_cam(
     return np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0)
 
 
+class NoDestructiveSampleError(ValueError):
+    """No sample has an internal classifier right and the final classifier wrong (a property of the model)."""
+
+
 @dataclass(frozen=True)
 class Selection:
     """Samples chosen for the figure and the rule that chose them."""
@@ -85,7 +89,7 @@ def select_destructive(logits: np.ndarray, labels: np.ndarray, max_samples: int)
     """Destructive samples (spec §8): the first IC right and the final classifier wrong, in split order.
 
     If there is none, falls back to "some IC right and the final wrong". Raises ValueError when the model has no
-    internal classifier or no sample qualifies under either rule.
+    internal classifier, NoDestructiveSampleError when no sample qualifies under either rule.
     """
     validate_logits(logits, labels)
     if max_samples < 1:
@@ -102,7 +106,7 @@ def select_destructive(logits: np.ndarray, labels: np.ndarray, max_samples: int)
         indices = np.flatnonzero(mask)
         if indices.size:
             return Selection(indices=indices[:max_samples].astype(np.int64), rule=rule)
-    raise ValueError("no sample has an internal classifier right and the final classifier wrong")
+    raise NoDestructiveSampleError("no sample has an internal classifier right and the final classifier wrong")
 
 
 def gradcam_figure(images: np.ndarray, cams_first: np.ndarray, cams_final: np.ndarray, row_titles: list[str]) -> Any:

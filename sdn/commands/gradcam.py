@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 NAME = "gradcam"
 HELP = "Grad-CAM of IC1 vs the final classifier on samples IC1 gets right and the final head gets wrong."
+SAMPLE_COLUMNS = ("row", "index", "label", "label_name", "ic1_prediction", "final_prediction", "rule")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +52,10 @@ def make_gradcam(
 ) -> pd.DataFrame:
     """Select destructive samples from the cached outputs, compute both CAMs, write the figure and samples.csv."""
     from sdn.analysis.arrays import load_split
-    from sdn.analysis.gradcam import grad_cam, gradcam_figure, select_destructive
+    from sdn.analysis.gradcam import NoDestructiveSampleError, grad_cam, gradcam_figure, select_destructive
     from sdn.data import DeviceLoader, TensorSplit, load_prepared
     from sdn.io import write_text
-    from sdn.report.plots import savefig
+    from sdn.report.plots import new_figure, savefig
     from sdn.train import load_checkpoint
 
     outputs_file = Path(outputs)
@@ -72,7 +73,18 @@ def make_gradcam(
     if logits.shape[0] != model.num_exits:
         raise ValueError(f"{outputs_file} holds {logits.shape[0]} exits but {checkpoint} has {model.num_exits}")
 
-    chosen = select_destructive(logits, labels, max_samples)
+    out = Path(out_dir)
+    try:
+        chosen = select_destructive(logits, labels, max_samples)
+    except NoDestructiveSampleError as err:  # a property of the model: report it, do not fail the job
+        log.warning("Grad-CAM: %s in the %s split of %s; writing an empty figure", err, split, outputs_file)
+        fig, ax = new_figure(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"Grad-CAM: {err}\n({split} split)", ha="center", va="center", wrap=True)
+        savefig(fig, out / "gradcam")
+        table = pd.DataFrame(columns=SAMPLE_COLUMNS)
+        write_text(out / "samples.csv", table.to_csv(index=False))
+        return table
     index = torch.from_numpy(chosen.indices)
     subset = TensorSplit(images=samples.images[index], labels=samples.labels[index])
     loader = DeviceLoader(
@@ -86,7 +98,7 @@ def make_gradcam(
 
     classes = list(data.info.classes)
     table = pd.DataFrame(
-        {
+        {  # the columns of SAMPLE_COLUMNS
             "row": np.arange(len(subset)),
             "index": chosen.indices,
             "label": subset.labels.numpy(),
@@ -100,7 +112,6 @@ def make_gradcam(
         f"#{i}: true {classes[t]}\nIC1 {classes[a]} / final {classes[b]}"
         for i, t, a, b in zip(chosen.indices, table["label"], first_pred, final_pred, strict=True)
     ]
-    out = Path(out_dir)
     savefig(gradcam_figure(subset.images.numpy(), cams_first, cams_final, titles), out / "gradcam")
     write_text(out / "samples.csv", table.to_csv(index=False))
     log.info("Grad-CAM of %d samples (%s) -> %s", len(subset), chosen.rule, out)
