@@ -7,6 +7,7 @@
 #
 # Environment: EPOCHS (real-data schedule, default 10), DEVICE (default cuda), SMALL=1 (tiny sizes, for a CPU dry run),
 # BUDGET_S (default 470: every stage's time limit is cut to what is left of it, so the whole run ends within 8 min),
+# STAGE_SCALE (integer factor on every stage's own limit, default 1; for CPU dry runs),
 # SEEDS (real-data seeds, default "0"; both engines per seed), SKIP_BENCH=1 (only the real-data check, e.g.
 # SKIP_BENCH=1 SEEDS="0 1 2" BUDGET_S=590 for a parity study in one 10-minute call).
 # Each stage's wall time goes to OUT_DIR/stages.tsv; parity.json holds per-exit test top-1 per engine and seed.
@@ -25,8 +26,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log() { echo "[gpu-bench $(date +%H:%M:%S)] $*"; }
 deadline=$(( $(date +%s) + ${BUDGET_S:-470} ))
-# limit SECONDS: the smaller of SECONDS and what is left of the budget (at least 1)
-limit() { local left=$(( deadline - $(date +%s) )); [ "$left" -lt "$1" ] && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
+# limit SECONDS: the smaller of SECONDS x STAGE_SCALE and what is left of the budget (at least 1). The stage limits
+# are sized for a GPU; STAGE_SCALE (default 1) stretches them for a CPU dry run on a slow or busy machine.
+limit() {
+  local want=$(( $1 * ${STAGE_SCALE:-1} )) left=$(( deadline - $(date +%s) ))
+  [ "$left" -lt "$want" ] && echo $(( left > 1 ? left : 1 )) || echo "$want"
+}
 printf 'stage\twall_s\trc\n' > "$out/stages.tsv"
 # stage NAME SECONDS COMMAND...: run COMMAND under the budget-cut time limit and record its wall time and status
 stage() {
@@ -48,7 +53,7 @@ if [ "${SMALL:-0}" = 1 ]; then
   bench_args=(--archs resnet56,mobilenet --steps 2 --warmup 1 --windows 1 --workers 0 --batch-size 16
               --concurrent-jobs 2 --concurrent-seconds 1 --concurrent-archs mobilenet)
   prep_args=(--max-train 600 --max-test 200 --holdout 100)
-  train_args=(--batch-size 64)
+  train_args=(--batch-size 64 --lr 0.01)  # a CPU dry run checks the plumbing: a step size that cannot diverge
 else
   # two jobs sharing the GPU are timed for the small networks, which leave it partly idle
   bench_args=(--archs resnet56,mobilenet,vgg16bn,wrn32_4 --steps 20 --warmup 5 --windows 3
