@@ -7,12 +7,14 @@ retried with backoff. Any other tracking failure (no mlflow installed, server un
 logged warning: the journal stays on disk with ``"synced": false`` and ``sdn sync-mlflow`` uploads it later.
 
 Bounded waits: a job's own time never depends on the server's health. Every upload (and ``tracking-init``) runs
-under one deadline (SDN_TRACKING_DEADLINE, 30 s): MLflow's HTTP requests get a short timeout and one quick retry
+under one deadline (SDN_TRACKING_DEADLINE; 30 s for a server, 90 s for a local SQLite store, whose waits are
+our own jobs' locks, not a broken server): MLflow's HTTP requests get a short timeout and one quick retry
 (MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, unless set), and
 whatever they do not cover (a store that hangs, a lock never granted) is cut off by the deadline: the upload is
 abandoned in its daemon thread and the journal kept. A server answering 5xx on ``/health``, or not answering
 within 3 s, is not contacted further by this process. A SQLite store is created under a file lock beside it, so
-concurrent first use never races on its schema migration. A journal that cannot be written (disk full) is patched
+concurrent first use never races on its schema migration (once created, the lock file says "ready" and the
+store is opened without it). A journal that cannot be written (disk full) is patched
 in place with its final status, so it never stays "RUNNING" after the job ended.
 
 This is the only module that imports mlflow, and only inside functions, so ``import sdn`` stays fast and works
@@ -23,7 +25,7 @@ Environment:
     SDN_TRACKING_URI         tracking URI (else MLFLOW_TRACKING_URI; neither: journal only)
     SDN_EXPERIMENT           experiment name (default "sdn")
     SDN_MLFLOW_TAGS          JSON object of run tags; "wildcards": {...} becomes wildcard.<name> tags
-    SDN_TRACKING_DEADLINE    seconds one upload may take in all (default 30)
+    SDN_TRACKING_DEADLINE    seconds one upload may take in all (default 30 for a server, 90 for a local store)
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ LOCK_RETRIES = 10
 LOCK_BASE_DELAY_S = 0.2
 LOCK_MAX_DELAY_S = 5.0
 HEALTH_TIMEOUT_S = 3.0
-DEADLINE_S = 30.0  # one upload (or store initialisation) in all
+DEADLINE_S = 30.0  # one upload (or store initialisation) in all, to a server
+LOCAL_STORE_DEADLINE_S = 90.0  # the same to a local store (SQLite, files): many jobs of ours may queue on its locks
 STORE_LOCK_TIMEOUT_S = 20.0
 # MLflow's own HTTP settings while we call it (an explicit setting in the environment wins); the default (120 s
 # timeout, 7 retries with backoff factor 2) made a job wait 4 minutes on a server answering 503.
@@ -96,7 +99,7 @@ class TrackingConfig:
     uri: str | None
     experiment: str
     tags: dict[str, str]
-    deadline: float = DEADLINE_S
+    deadline: float | None = None  # None: deadline_for(uri)
 
 
 def tracking_config(env: Mapping[str, str] | None = None) -> TrackingConfig:
@@ -114,17 +117,24 @@ def tracking_config(env: Mapping[str, str] | None = None) -> TrackingConfig:
     )
 
 
-def _env_deadline(raw: str | None) -> float:
+def _env_deadline(raw: str | None) -> float | None:
     if not raw:
-        return DEADLINE_S
+        return None
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
     if not (0 < value <= 3600):  # NaN fails this too
-        log.warning("ignoring SDN_TRACKING_DEADLINE=%r: expected seconds in (0, 3600]; using %g", raw, DEADLINE_S)
-        return DEADLINE_S
+        log.warning("ignoring SDN_TRACKING_DEADLINE=%r: expected seconds in (0, 3600]; using the default", raw)
+        return None
     return value
+
+
+def deadline_for(uri: str, configured: float | None = None) -> float:
+    """Seconds one upload to ``uri`` may take: ``configured``, else 30 for a server, 90 for a local store."""
+    if configured is not None:
+        return configured
+    return DEADLINE_S if uri.startswith(("http://", "https://")) else LOCAL_STORE_DEADLINE_S
 
 
 def _env_tags(raw: str | None) -> dict[str, str]:
@@ -566,19 +576,32 @@ def sqlite_artifact_location(uri: str) -> str | None:
     return None if db_path is None else (db_path.resolve().parent / "mlartifacts").as_uri()
 
 
+STORE_READY = "ready"
+
+
 @contextmanager
 def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None]:
-    """For a SQLite store: an exclusive lock on ``<db>.lock`` (creation and schema migration are not concurrent-safe).
+    """For a SQLite store: an exclusive lock on ``<db>.lock`` until the store exists (creating and migrating its
+    schema are not safe from several processes at once).
 
-    Waits at most ``timeout`` seconds, then raises TrackingUnavailable naming the lock file. Other stores: no-op.
+    Once a block under the lock has succeeded, the lock file says "ready" and later calls (with the database
+    present) skip the lock. Waits at most ``timeout`` seconds, then raises TrackingUnavailable naming the lock file.
+    Other stores: no-op.
     """
     db_path = sqlite_path(uri)
     if db_path is None:
         yield
         return
-    db_path.parent.mkdir(parents=True, exist_ok=True)
     lock_file = db_path.with_name(db_path.name + ".lock")
-    with open(lock_file, "a") as handle:
+    try:
+        ready = lock_file.read_text().strip() == STORE_READY and db_path.stat().st_size > 0
+    except OSError:
+        ready = False
+    if ready:
+        yield
+        return
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
         give_up = time.monotonic() + timeout
         while True:
             try:
@@ -590,7 +613,12 @@ def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None
                         f"SQLite store {db_path}: lock {lock_file} not granted within {timeout:g} s"
                     ) from None
                 time.sleep(0.05 + 0.1 * random.random())
-        yield  # released when the file closes
+        yield
+        handle.seek(0)
+        handle.truncate()
+        handle.write(STORE_READY + "\n")
+        handle.flush()
+    # the lock is released when the file closes
 
 
 def _client_class(uri: str) -> Any:
@@ -626,11 +654,14 @@ def ensure_experiment(client: Any, name: str, uri: str) -> str:
         return str(experiment.experiment_id)
 
 
-def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT, *, deadline: float = DEADLINE_S) -> str:
+def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT, *, deadline: float | None = None) -> str:
     """Create the store's schema (SQLite) and the experiment once, before jobs fan out; returns its id."""
     client_class = _client_class(uri)
     _, experiment_id = call_with_deadline(
-        lambda: open_store(client_class, uri, experiment), deadline=deadline, what="store initialisation", uri=uri
+        lambda: open_store(client_class, uri, experiment),
+        deadline=deadline_for(uri, deadline),
+        what="store initialisation",
+        uri=uri,
     )
     return experiment_id
 
@@ -656,7 +687,7 @@ def upload_journal(
     base_dir: Path | None,
     uri: str,
     experiment: str | None = None,
-    deadline: float = DEADLINE_S,
+    deadline: float | None = None,
 ) -> str:
     """Send one journal to MLflow as one run and return the run id, within ``deadline`` seconds in all.
 
@@ -667,7 +698,7 @@ def upload_journal(
     client_class = _client_class(uri)
     return call_with_deadline(
         lambda: _upload(client_class, journal, base_dir=base_dir, uri=uri, experiment=experiment),
-        deadline=deadline,
+        deadline=deadline_for(uri, deadline),
         what="the upload",
         uri=uri,
     )
@@ -775,7 +806,7 @@ def sync_results(
     *,
     experiment: str | None = None,
     include_running: bool = False,
-    deadline: float = DEADLINE_S,
+    deadline: float | None = None,
 ) -> SyncSummary:
     """Upload every journal under ``results_dir`` not yet synced and mark it synced; a second call uploads nothing.
 

@@ -154,10 +154,13 @@ def test_mlflow_http_settings_bounded_unless_set(monkeypatch: pytest.MonkeyPatch
 
 def test_deadline_from_environment(caplog: pytest.LogCaptureFixture) -> None:
     assert tracking.tracking_config({"SDN_TRACKING_DEADLINE": "12"}).deadline == 12.0
-    assert tracking.tracking_config({}).deadline == tracking.DEADLINE_S
+    assert tracking.tracking_config({}).deadline is None
     for bad in ("nan", "-1", "soon", "1e9"):
-        assert tracking.tracking_config({"SDN_TRACKING_DEADLINE": bad}).deadline == tracking.DEADLINE_S
+        assert tracking.tracking_config({"SDN_TRACKING_DEADLINE": bad}).deadline is None
     assert "SDN_TRACKING_DEADLINE" in caplog.text
+    assert tracking.deadline_for("http://h:5000") == tracking.DEADLINE_S <= HANG_BOUND_S / 2  # room for the rest
+    assert tracking.deadline_for("sqlite:///x.db") == tracking.LOCAL_STORE_DEADLINE_S
+    assert tracking.deadline_for("http://h:5000", 12.0) == 12.0
 
 
 # ----------------------------------------------------------------------------------------------- disk full
@@ -253,19 +256,16 @@ def test_four_concurrent_jobs_on_a_fresh_sqlite_store(tmp_path: Path) -> None:
     assert sorted(r.data.params["job"] for r in runs) == ["0", "1", "2", "3"]
 
 
+LOCK_HOLDER = (
+    "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+    "print('locked', flush=True); time.sleep(600)"
+)
+PIPE: dict = {"stdout": subprocess.PIPE, "text": True}
+
+
 def test_store_lock_wait_is_bounded(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print('locked', flush=True); time.sleep(600)",
-            str(tmp_path / "mlflow.db.lock"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "mlflow.db.lock")], **PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         with pytest.raises(tracking.TrackingUnavailable, match="mlflow.db.lock"):
@@ -275,4 +275,13 @@ def test_store_lock_wait_is_bounded(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     with tracking.store_lock(uri, timeout=5):  # the dead holder's lock is gone
-        pass
+        (tmp_path / "mlflow.db").write_bytes(b"SQLite format 3")  # as if the store had been created here
+    assert (tmp_path / "mlflow.db.lock").read_text().strip() == "ready"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "mlflow.db.lock")], **PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with tracking.store_lock(uri, timeout=0.3):  # a ready store is opened without the lock
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
