@@ -352,20 +352,7 @@ def patch_journal_in_place(path: Path, journal: Mapping[str, Any], problem: str)
         doc,
         {**doc, "metrics": [], "artifacts": [], "truncated": True},
         {**doc, "metrics": [], "artifacts": [], "params": {}, "tags": {}, "truncated": True},
-        {
-            key: doc.get(key)
-            for key in (
-                "version",
-                "journal_id",
-                "command",
-                "experiment",
-                "status",
-                "start_time",
-                "end_time",
-                "synced",
-            )
-        }
-        | {"truncated": True},
+        {key: doc.get(key) for key in JOURNAL_ESSENTIAL_KEYS} | {"truncated": True},
     ]
     for candidate in candidates:
         data = json.dumps(candidate, separators=(",", ":"), sort_keys=True, default=str).encode()
@@ -422,9 +409,8 @@ def _finish(run: Run) -> None:
     if run.config.uri is None:
         return
     base_dir = Path(run.out_dir) if run.out_dir is not None else None
-    journal = run.to_journal()
     try:
-        run_id = upload_journal(journal, base_dir=base_dir, uri=run.config.uri, deadline=run.config.deadline)
+        run_id = upload_journal(run.to_journal(), base_dir=base_dir, uri=run.config.uri, deadline=run.config.deadline)
     except MlflowUnavailable:
         return  # already warned once for this process
     except Exception as err:  # noqa: BLE001 - a tracking failure must never fail the job

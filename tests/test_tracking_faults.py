@@ -190,6 +190,7 @@ def test_disk_full_ends_the_journal_failed_not_running(tmp_path: Path, monkeypat
     journal = one_journal(tmp_path)
     assert journal["status"] == "FAILED" and journal["end_time"] is not None
     assert "No space left" in journal["journal_error"]
+    assert journal["truncated"] is True and journal["journal_id"]  # 100 metrics did not fit the first file's bytes
 
 
 def test_disk_full_at_the_end_of_a_good_job_still_ends_finished(tmp_path: Path, monkeypatch) -> None:
@@ -198,6 +199,15 @@ def test_disk_full_at_the_end_of_a_good_job_still_ends_finished(tmp_path: Path, 
         run.log_metrics({"top1": 90.0})
     journal = one_journal(tmp_path)
     assert journal["status"] == "FINISHED" and journal["synced"] is False
+    assert "No space left" in journal["journal_error"]
+
+
+def test_journal_patch_gives_up_cleanly_when_nothing_fits(tmp_path: Path) -> None:
+    path = tmp_path / "journal.json"
+    path.write_text("{}")
+    assert not tracking.patch_journal_in_place(path, {"journal_id": "x" * 100, "status": "FAILED"}, "disk full")
+    assert path.read_text() == "{}"
+    assert not tracking.patch_journal_in_place(tmp_path / "missing.json", {}, "disk full")
 
 
 # ----------------------------------------------------------------------------------------------- sync
