@@ -13,6 +13,7 @@ if not workflow.overwrite_configfiles:
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+from sdn.config_checks import check_config; check_config(config)  # what the schema cannot express
 
 
 include: "workflow/rules/common.smk"

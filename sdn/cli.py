@@ -68,7 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return run_tracked(args)
+        folder = run_folder(args)
+        if folder is None:
+            return run_tracked(args)
+        from sdn.runlock import folder_lock
+
+        with folder_lock(folder, ["sdn", *(argv if argv is not None else sys.argv[1:])]):
+            return run_tracked(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"sdn {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -115,6 +121,17 @@ def tracked_out_dir(args: argparse.Namespace) -> Path | None:
             return None  # nothing to report on: let the command say so, without creating folders first
         out = Path(args.results) / "report"
     return Path(out) if out is not None else None
+
+
+FILE_OUT_COMMANDS = frozenset({"evaluate"})  # their --out is a file: the folder is its parent
+
+
+def run_folder(args: argparse.Namespace) -> Path | None:
+    """The folder whose run lock the command holds while it runs (its output folder), or None."""
+    out = tracked_out_dir(args)
+    if out is None:
+        return None
+    return out.parent if args.command in FILE_OUT_COMMANDS else out
 
 
 def numeric_leaves(tree: object, prefix: str = "") -> dict[str, float]:

@@ -6,6 +6,17 @@ the end keeps a SQLite store locked only briefly when many jobs finish together;
 retried with backoff. Any other tracking failure (no mlflow installed, server unreachable, store error) is ONE
 logged warning: the journal stays on disk with ``"synced": false`` and ``sdn sync-mlflow`` uploads it later.
 
+Bounded waits: a job's own time never depends on the server's health. Every upload (and ``tracking-init``) runs
+under one deadline (SDN_TRACKING_DEADLINE; 30 s for a server, 90 s for a local SQLite store, whose waits are
+our own jobs' locks, not a broken server): MLflow's HTTP requests get a short timeout and one quick retry
+(MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, unless set), and
+whatever they do not cover (a store that hangs, a lock never granted) is cut off by the deadline: the upload is
+abandoned in its daemon thread and the journal kept. A server answering 5xx on ``/health``, or not answering
+within 3 s, is not contacted further by this process. A SQLite store is created under a file lock beside it, so
+concurrent first use never races on its schema migration (once created, the lock file says "ready" and the
+store is opened without it). A journal that cannot be written (disk full) is patched
+in place with its final status, so it never stays "RUNNING" after the job ended.
+
 This is the only module that imports mlflow, and only inside functions, so ``import sdn`` stays fast and works
 where mlflow is absent.
 
@@ -14,16 +25,19 @@ Environment:
     SDN_TRACKING_URI         tracking URI (else MLFLOW_TRACKING_URI; neither: journal only)
     SDN_EXPERIMENT           experiment name (default "sdn")
     SDN_MLFLOW_TAGS          JSON object of run tags; "wildcards": {...} becomes wildcard.<name> tags
+    SDN_TRACKING_DEADLINE    seconds one upload may take in all (default 30 for a server, 90 for a local store)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import random
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,11 +66,24 @@ METRICS_PER_BATCH = 1000
 LOCK_RETRIES = 10
 LOCK_BASE_DELAY_S = 0.2
 LOCK_MAX_DELAY_S = 5.0
-HEALTH_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 3.0
+DEADLINE_S = 30.0  # one upload (or store initialisation) in all, to a server
+LOCAL_STORE_DEADLINE_S = 90.0  # the same to a local store (SQLite, files): many jobs of ours may queue on its locks
+STORE_LOCK_TIMEOUT_S = 20.0
+# MLflow's own HTTP settings while we call it (an explicit setting in the environment wins); the default (120 s
+# timeout, 7 retries with backoff factor 2) made a job wait 4 minutes on a server answering 503.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
+}
 JOURNAL_FLUSH_INTERVAL_S = 10.0
 
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 _mlflow_missing_warned = False
+_unavailable: dict[str, str] = {}  # URI -> why: servers this process found broken are not contacted again
 
 T = TypeVar("T")
 
@@ -72,6 +99,7 @@ class TrackingConfig:
     uri: str | None
     experiment: str
     tags: dict[str, str]
+    deadline: float | None = None  # None: deadline_for(uri)
 
 
 def tracking_config(env: Mapping[str, str] | None = None) -> TrackingConfig:
@@ -80,7 +108,33 @@ def tracking_config(env: Mapping[str, str] | None = None) -> TrackingConfig:
     enabled = env.get("SDN_TRACKING", "on").strip().lower() not in {"off", "0", "false", "no"}
     uri = (env.get("SDN_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI") or "").strip() or None
     experiment = (env.get("SDN_EXPERIMENT") or "").strip() or DEFAULT_EXPERIMENT
-    return TrackingConfig(enabled=enabled, uri=uri, experiment=experiment, tags=_env_tags(env.get("SDN_MLFLOW_TAGS")))
+    return TrackingConfig(
+        enabled=enabled,
+        uri=uri,
+        experiment=experiment,
+        tags=_env_tags(env.get("SDN_MLFLOW_TAGS")),
+        deadline=_env_deadline(env.get("SDN_TRACKING_DEADLINE")),
+    )
+
+
+def _env_deadline(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value <= 3600):  # NaN fails this too
+        log.warning("ignoring SDN_TRACKING_DEADLINE=%r: expected seconds in (0, 3600]; using the default", raw)
+        return None
+    return value
+
+
+def deadline_for(uri: str, configured: float | None = None) -> float:
+    """Seconds one upload to ``uri`` may take: ``configured``, else 30 for a server, 90 for a local store."""
+    if configured is not None:
+        return configured
+    return DEADLINE_S if uri.startswith(("http://", "https://")) else LOCAL_STORE_DEADLINE_S
 
 
 def _env_tags(raw: str | None) -> dict[str, str]:
@@ -250,10 +304,72 @@ class Run:
         }
 
     def write_journal(self) -> None:
+        """Mirror the run to its journal; never raises (a failure is a warning, the final status still lands)."""
         self._last_flush = time.monotonic()
         path = self.journal_file
-        if path is not None:
-            write_json(path, self.to_journal())
+        if path is None:
+            return
+        journal = self.to_journal()
+        try:
+            write_json(path, journal)
+            return
+        except Exception as err:  # noqa: BLE001 - e.g. disk full: tracking must not fail the job
+            problem = f"{type(err).__name__}: {err}"
+        patched = patch_journal_in_place(path, journal, problem)
+        log.warning(
+            "could not write the tracking journal %s (%s)%s",
+            path,
+            problem,
+            f"; its status was set to {journal['status']} in place" if patched else "; it may be out of date",
+        )
+
+
+JOURNAL_ESSENTIAL_KEYS = (
+    "version",
+    "journal_id",
+    "command",
+    "experiment",
+    "status",
+    "start_time",
+    "end_time",
+    "synced",
+)
+
+
+def patch_journal_in_place(path: Path, journal: Mapping[str, Any], problem: str) -> bool:
+    """Overwrite the existing journal file in place, within its current size, with ``journal``'s final state.
+
+    For when a normal (atomic) write fails, a full disk above all: rewriting bytes the file already holds needs no
+    new space. Metrics, artifacts and then params are dropped (``"truncated": true``) until the compact JSON fits;
+    the rest of the file is padded with spaces (valid JSON). Returns False when even that is impossible.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    doc = {**journal, "journal_error": _truncate(problem, 300)}
+    candidates = [
+        doc,
+        {**doc, "metrics": [], "artifacts": [], "truncated": True},
+        {**doc, "metrics": [], "artifacts": [], "params": {}, "tags": {}, "truncated": True},
+        {key: doc.get(key) for key in JOURNAL_ESSENTIAL_KEYS} | {"truncated": True},
+    ]
+    for candidate in candidates:
+        data = json.dumps(candidate, separators=(",", ":"), sort_keys=True, default=str).encode()
+        if len(data) <= size:
+            break
+    else:
+        return False
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data + b" " * (size - len(data)), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _run_name(command: str, out_dir: Path | None) -> str:
@@ -294,7 +410,7 @@ def _finish(run: Run) -> None:
         return
     base_dir = Path(run.out_dir) if run.out_dir is not None else None
     try:
-        run_id = upload_journal(run.to_journal(), base_dir=base_dir, uri=run.config.uri)
+        run_id = upload_journal(run.to_journal(), base_dir=base_dir, uri=run.config.uri, deadline=run.config.deadline)
     except MlflowUnavailable:
         return  # already warned once for this process
     except Exception as err:  # noqa: BLE001 - a tracking failure must never fail the job
@@ -321,9 +437,14 @@ class MlflowUnavailable(RuntimeError):
     """mlflow is not installed here (for example on the GPU machine)."""
 
 
+class TrackingUnavailable(ConnectionError):
+    """The tracking server or store is down, half-alive or too slow: nothing more is sent to it by this process."""
+
+
 def _import_client() -> Any:
     global _mlflow_missing_warned
     try:
+        from mlflow.entities import Metric, Param, RunTag  # noqa: F401 - imported here, not in the worker thread
         from mlflow.tracking import MlflowClient
     except ImportError as err:
         if not _mlflow_missing_warned:
@@ -360,33 +481,149 @@ def with_lock_retry(fn: Callable[..., T], *args: Any, attempts: int = LOCK_RETRI
 
 
 def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    """For an http(s) URI, fail fast (ConnectionError) when nothing answers, instead of MLflow's long retries."""
+    """For an http(s) URI, fail fast (TrackingUnavailable) unless ``/health`` answers within ``timeout``.
+
+    A server that does not answer, or answers with a server error (5xx), is down for the rest of this process.
+    Other answers (a proxy without ``/health``: 404) are left for MLflow to judge.
+    """
     if not uri.startswith(("http://", "https://")):
         return
+    if uri in _unavailable:
+        raise TrackingUnavailable(_unavailable[uri])
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # something answered; let MLflow judge
+            return
+    except urllib.error.HTTPError as err:
+        if err.code < 500:
+            return  # something answered; let MLflow judge
+        reason = f"MLflow server {uri} is unavailable: /health answered HTTP {err.code}"
     except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ConnectionError(f"MLflow server {uri} is unreachable: {reason}") from err
+        cause = getattr(err, "reason", err)
+        reason = f"MLflow server {uri} is unreachable: {cause or type(cause).__name__}"
+        if isinstance(cause, TimeoutError) or isinstance(err, TimeoutError):
+            reason = f"MLflow server {uri} is unreachable: /health did not answer within {timeout:g} s"
+    _unavailable[uri] = reason
+    raise TrackingUnavailable(reason)
 
 
-def sqlite_artifact_location(uri: str) -> str | None:
-    """For ``sqlite:///path/db``: ``file:`` URI of ``<db folder>/mlartifacts`` (MLflow would use ./mlartifacts)."""
+@contextmanager
+def bounded_mlflow_http() -> Iterator[None]:
+    """MLflow's HTTP timeout/retry settings for the block (MLFLOW_HTTP_DEFAULTS, unless set in the environment)."""
+    added = [name for name in MLFLOW_HTTP_DEFAULTS if name not in os.environ]
+    for name in added:
+        os.environ[name] = MLFLOW_HTTP_DEFAULTS[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def call_with_deadline(fn: Callable[[], T], *, deadline: float, what: str, uri: str) -> T:
+    """Run ``fn`` in a daemon thread and wait at most ``deadline`` seconds for it.
+
+    On time-out the thread is abandoned (it dies with the process), ``uri`` is marked unavailable for the rest of
+    this process and TrackingUnavailable is raised. Exceptions of ``fn`` propagate.
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, name=f"sdn-tracking {what}", daemon=True)
+    with bounded_mlflow_http():
+        worker.start()
+        worker.join(deadline)
+    if worker.is_alive():
+        reason = f"MLflow at {uri} did not finish {what} within {deadline:g} s (SDN_TRACKING_DEADLINE)"
+        _unavailable[uri] = reason
+        raise TrackingUnavailable(reason)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URI (None for other stores and in-memory databases)."""
     if not uri.startswith("sqlite:///"):
         return None
     db_path = uri.removeprefix("sqlite:///").split("?", 1)[0]
     if not db_path or db_path == ":memory:":
         return None
-    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+    return Path(db_path)
 
 
-def _client(uri: str) -> Any:
+def sqlite_artifact_location(uri: str) -> str | None:
+    """For ``sqlite:///path/db``: ``file:`` URI of ``<db folder>/mlartifacts`` (MLflow would use ./mlartifacts)."""
+    db_path = sqlite_path(uri)
+    return None if db_path is None else (db_path.resolve().parent / "mlartifacts").as_uri()
+
+
+STORE_READY = "ready"
+
+
+@contextmanager
+def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """For a SQLite store: an exclusive lock on ``<db>.lock`` until the store exists (creating and migrating its
+    schema are not safe from several processes at once).
+
+    Once a block under the lock has succeeded, the lock file says "ready" and later calls (with the database
+    present) skip the lock. Waits at most ``timeout`` seconds, then raises TrackingUnavailable naming the lock file.
+    Other stores: no-op.
+    """
+    db_path = sqlite_path(uri)
+    if db_path is None:
+        yield
+        return
+    lock_file = db_path.with_name(db_path.name + ".lock")
+    try:
+        ready = lock_file.read_text().strip() == STORE_READY and db_path.stat().st_size > 0
+    except OSError:
+        ready = False
+    if ready:
+        yield
+        return
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        give_up = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    raise TrackingUnavailable(
+                        f"SQLite store {db_path}: lock {lock_file} not granted within {timeout:g} s"
+                    ) from None
+                time.sleep(0.05 + 0.1 * random.random())
+        yield
+        handle.seek(0)
+        handle.truncate()
+        handle.write(STORE_READY + "\n")
+        handle.flush()
+    # the lock is released when the file closes
+
+
+def _client_class(uri: str) -> Any:
+    """MlflowClient, after the fast checks made in the calling thread (server health, mlflow importable)."""
+    if uri in _unavailable:
+        raise TrackingUnavailable(_unavailable[uri])
     check_reachable(uri)
-    client_class = _import_client()
-    return client_class(tracking_uri=uri)
+    return _import_client()
+
+
+def open_store(client_class: Any, uri: str, experiment: str) -> tuple[Any, str]:
+    """A client of ``uri`` and the id of ``experiment`` (created when missing).
+
+    Constructing the client opens the store (a SQLite store creates or migrates its schema then): done under
+    ``store_lock``, so concurrent first use of a fresh store is safe.
+    """
+    with store_lock(uri):
+        client = client_class(tracking_uri=uri)
+        return client, ensure_experiment(client, experiment, uri)
 
 
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
@@ -403,9 +640,16 @@ def ensure_experiment(client: Any, name: str, uri: str) -> str:
         return str(experiment.experiment_id)
 
 
-def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
+def init_store(uri: str, experiment: str = DEFAULT_EXPERIMENT, *, deadline: float | None = None) -> str:
     """Create the store's schema (SQLite) and the experiment once, before jobs fan out; returns its id."""
-    return ensure_experiment(_client(uri), experiment, uri)
+    client_class = _client_class(uri)
+    _, experiment_id = call_with_deadline(
+        lambda: open_store(client_class, uri, experiment),
+        deadline=deadline_for(uri, deadline),
+        what="store initialisation",
+        uri=uri,
+    )
+    return experiment_id
 
 
 def _find_run(client: Any, experiment_id: str, journal_id: str) -> str | None:
@@ -424,17 +668,35 @@ def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
 
 
 def upload_journal(
-    journal: Mapping[str, Any], *, base_dir: Path | None, uri: str, experiment: str | None = None
+    journal: Mapping[str, Any],
+    *,
+    base_dir: Path | None,
+    uri: str,
+    experiment: str | None = None,
+    deadline: float | None = None,
 ) -> str:
-    """Send one journal to MLflow as one run and return the run id.
+    """Send one journal to MLflow as one run and return the run id, within ``deadline`` seconds in all.
 
     Idempotent: the run carries the tag ``sdn.journal_id``; a run already holding it is completed, not duplicated.
-    Artifact paths are relative to ``base_dir`` (the journal's folder). Raises on failure.
+    Artifact paths are relative to ``base_dir`` (the journal's folder). Raises on failure (TrackingUnavailable when
+    the server is down, half-alive or too slow).
     """
-    client = _client(uri)
+    client_class = _client_class(uri)
+    return call_with_deadline(
+        lambda: _upload(client_class, journal, base_dir=base_dir, uri=uri, experiment=experiment),
+        deadline=deadline_for(uri, deadline),
+        what="the upload",
+        uri=uri,
+    )
+
+
+def _upload(
+    client_class: Any, journal: Mapping[str, Any], *, base_dir: Path | None, uri: str, experiment: str | None
+) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
-    experiment_id = ensure_experiment(client, experiment or journal.get("experiment") or DEFAULT_EXPERIMENT, uri)
+    name = experiment or journal.get("experiment") or DEFAULT_EXPERIMENT
+    client, experiment_id = open_store(client_class, uri, name)
     journal_id = str(journal["journal_id"])
     tags = dict(journal.get("tags", {}))
     tags["sdn.journal_id"] = journal_id
@@ -493,6 +755,7 @@ class SyncSummary:
     already_synced: list[Path] = dataclasses.field(default_factory=list)
     skipped_running: list[Path] = dataclasses.field(default_factory=list)
     failed: list[Path] = dataclasses.field(default_factory=list)
+    corrupt: list[Path] = dataclasses.field(default_factory=list)
 
 
 def find_journals(results_dir: str | os.PathLike[str]) -> list[Path]:
@@ -503,20 +766,48 @@ def find_journals(results_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(root.rglob(JOURNAL_GLOB))
 
 
+class CorruptJournal(ValueError):
+    """A journal file that cannot be read as one."""
+
+
+def read_journal(path: Path) -> dict[str, Any]:
+    """The journal at ``path``; CorruptJournal (naming the file and what is wrong) if it is not one."""
+    try:
+        journal = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CorruptJournal(f"{path}: not readable as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(journal, dict):
+        raise CorruptJournal(f"{path}: expected a JSON object, found {type(journal).__name__}")
+    for key, kind in (("journal_id", str), ("params", dict), ("tags", dict), ("metrics", list), ("artifacts", list)):
+        if key in journal and not isinstance(journal[key], kind):
+            raise CorruptJournal(f"{path}: key {key!r} should be a {kind.__name__}")
+    if not journal.get("journal_id"):
+        raise CorruptJournal(f"{path}: key 'journal_id' is missing")
+    return journal
+
+
 def sync_results(
     results_dir: str | os.PathLike[str],
     uri: str,
     *,
     experiment: str | None = None,
     include_running: bool = False,
+    deadline: float | None = None,
 ) -> SyncSummary:
     """Upload every journal under ``results_dir`` not yet synced and mark it synced; a second call uploads nothing.
 
     Journals still RUNNING (a job in progress, or killed) are skipped unless ``include_running`` (uploaded KILLED).
+    A corrupt journal is skipped with a warning naming it; the others are uploaded. Once the server proves down
+    or too slow (TrackingUnavailable), the remaining journals are counted failed without waiting on it again.
     """
     summary = SyncSummary()
     for path in find_journals(results_dir):
-        journal = read_json(path)
+        try:
+            journal = read_journal(path)
+        except CorruptJournal as err:
+            log.warning("skipping a corrupt tracking journal: %s; fix or delete it, then sync again", err)
+            summary.corrupt.append(path)
+            continue
         if journal.get("synced"):
             summary.already_synced.append(path)
             continue
@@ -524,7 +815,7 @@ def sync_results(
             summary.skipped_running.append(path)
             continue
         try:
-            run_id = upload_journal(journal, base_dir=path.parent, uri=uri, experiment=experiment)
+            run_id = upload_journal(journal, base_dir=path.parent, uri=uri, experiment=experiment, deadline=deadline)
         except MlflowUnavailable:
             raise RuntimeError("mlflow is not installed: cannot sync journals here") from None
         except Exception as err:  # noqa: BLE001 - report and go on with the other journals

@@ -10,13 +10,40 @@ import pytest
 import yaml
 from test_workflow import REPO, run_snakemake
 
+from sdn.config import paper_recipe
+from sdn.config_checks import PAPER_EPOCHS, SOURCE_SHAPES, ConfigError, check_config
+
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10-jpeg.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
-    jsonschema.validate(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    jsonschema.validate(config, SCHEMA)
+    check_config(config)
+
+
+def test_config_checks_know_the_data_set_shapes() -> None:
+    from sdn.data.datasets import _SHAPES, SyntheticSpec
+
+    assert {k: v for k, v in SOURCE_SHAPES.items() if k != "synthetic"} == _SHAPES
+    assert SOURCE_SHAPES["synthetic"] == (SyntheticSpec().num_classes, SyntheticSpec().input_size)
+    assert {kind: paper_recipe(kind, "resnet56").epochs for kind in PAPER_EPOCHS} == PAPER_EPOCHS
+
+
+def test_config_checks_report_every_problem_with_its_key() -> None:
+    config = _bad(lambda c: c["analyses"]["early_exit"].update(budgets=[0.5, float("nan")]))
+    config["backdoor"].update(target=10, trigger_size=40)
+    config["recipes"]["cnn"].update(milestones=[8, 3])
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    message = str(err.value)
+    assert "analyses.early_exit.budgets[1] = nan" in message
+    assert "backdoor.target = 10" in message and "0..9" in message
+    assert "backdoor.trigger_x = 26 with backdoor.trigger_size = 40" in message and "trigger_y" in message
+    assert "recipes.cnn.milestones = [8, 3]: must be increasing" in message
+    check_config(_bad(lambda c: c["backdoor"].update(enabled=False, target=99)))  # off: not checked
 
 
 def _bad(mutate) -> dict:
@@ -54,6 +81,47 @@ BAD_CONFIGS = {
         _bad(lambda c: c["backdoor"].update(dataset="cifar10")),
         ["backdoor.dataset='cifar10'", "['digits']"],
     ),
+    # issue 12, fault 6: values that passed the schema and failed (or not) inside a job
+    "learning rate NaN": (
+        _bad(lambda c: c["recipes"]["sdn"].update(lr=float("nan"))),
+        ["config key recipes.sdn.lr = nan", "not a finite number"],
+    ),
+    "learning rate infinite": (
+        _bad(lambda c: c["recipes"]["cnn"].update(lr=float("inf"))),
+        ["inf is greater than the maximum of 10", "['recipes']['cnn']['lr']"],
+    ),
+    "holdout fraction above 1": (
+        _bad(lambda c: c["datasets"]["digits"].update(holdout=1.5)),
+        ["1.5 is greater than or equal to the maximum of 1", "['datasets']['digits']['holdout']"],
+    ),
+    "epochs 1e12": (
+        _bad(lambda c: c["recipes"]["sdn"].update(epochs=10**12)),
+        ["1000000000000 is greater than the maximum of 10000", "['recipes']['sdn']['epochs']"],
+    ),
+    "batch size 1e9": (
+        _bad(lambda c: c["recipes"]["cnn"].update(batch_size=10**9)),
+        ["1000000000 is greater than the maximum of 65536", "['recipes']['cnn']['batch_size']"],
+    ),
+    "milestone beyond the schedule": (
+        _bad(lambda c: c["recipes"]["sdn"].update(milestones=[7, 99])),
+        ["config key recipes.sdn.milestones = [7, 99]", "[99] outside the schedule", "2..10", "epochs = 10"],
+    ),
+    "milestone beyond the paper schedule": (
+        _bad(lambda c: c["recipes"]["ic_only"].update(epochs=None, milestones=[30])),
+        ["config key recipes.ic_only.milestones = [30]", "2..25", "the paper's 25 epochs"],
+    ),
+    "backdoor target 99 of 10 classes": (
+        _bad(lambda c: c["backdoor"].update(target=99)),
+        ["config key backdoor.target = 99", "10 classes", "0..9"],
+    ),
+    "backdoor target out of any range": (
+        _bad(lambda c: c["backdoor"].update(target=100000)),
+        ["100000 is greater than the maximum of 999", "['backdoor']['target']"],
+    ),
+    "trigger outside the image": (
+        _bad(lambda c: c["backdoor"].update(trigger_x=30, trigger_y=40)),
+        ["config key backdoor.trigger_x = 30 with backdoor.trigger_size = 5", "32x32", "trigger_x in 0..27"],
+    ),
 }
 
 
@@ -83,3 +151,23 @@ def test_omitted_keys_take_the_schema_defaults(tmp_path: Path) -> None:
     assert "--device auto" in done.stdout and "--epochs" not in done.stdout  # paper schedules
     assert "rule poison_data" not in done.stdout  # backdoor off unless enabled
     assert "results/digits/mobilenet/s0/ic_only/analysis/gradcam/gradcam.png" in done.stdout
+
+
+def test_literal_yaml_forms_of_fault_6_are_rejected(tmp_path: Path) -> None:
+    """As a user types them: `.nan`, `1e12` / `1e9` (strings to YAML 1.1), `1.0e12` (a float) on --config."""
+    text = (REPO / "config" / "config.yaml").read_text()
+    text = text.replace(
+        "cnn: {epochs: 10, lr: 0.05, batch_size: 32, milestones: [7]}",
+        "cnn: {epochs: 1e12, lr: .nan, batch_size: 1e9, milestones: [7]}",
+    )
+    assert "lr: .nan" in text
+    configfile = tmp_path / "bad.yaml"
+    configfile.write_text(text)
+    done = run_snakemake(tmp_path, "-n", configfile=configfile)
+    assert done.returncode != 0 and "['recipes']['cnn']['epochs']" in done.stdout + done.stderr
+    done = run_snakemake(
+        tmp_path, "-n", "--config", "recipes={'sdn': {'epochs': 1.0e12}}", configfile=REPO / "config" / "config.yaml"
+    )
+    message = done.stdout + done.stderr
+    assert done.returncode != 0 and "['recipes']['sdn']['epochs']" in message, message[-2000:]
+    assert not (tmp_path / "results").exists()

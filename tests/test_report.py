@@ -172,3 +172,30 @@ def test_report_on_empty_and_missing_results(tmp_path, capsys) -> None:
     assert "sha256" in (empty / "report" / "summary.md").read_text()
     assert main(["report", "--results", str(tmp_path / "nowhere")]) == 2
     assert "results folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (-5.0, "splits.test.top1[1]"),
+        (1e308, "splits.test.top1[1]"),
+        (float("nan"), "splits.test.top1[1]"),
+        (float("inf"), "splits.test.top1[1]"),
+    ],
+)
+def test_report_rejects_impossible_metrics_naming_file_and_key(tmp_path, capsys, value: float, key: str) -> None:
+    results = make_tree(tmp_path / "results")
+    metrics = results / "digits" / "resnet56" / "s0" / "ic_only" / "metrics.json"
+    doc = json.loads(metrics.read_text())
+    doc["splits"]["test"]["top1"][1] = value
+    metrics.write_text(json.dumps(doc))  # json writes NaN / Infinity literals, as a damaged file may hold
+    assert main(["report", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert str(metrics) in err and key in err and "rerun" in err
+    assert not (results / "report" / "summary.md").exists()  # no report with impossible numbers
+
+
+def test_metrics_check_allows_nulls_and_strings(tmp_path) -> None:
+    from sdn.report.collect import check_metrics
+
+    check_metrics({"checkpoint": "m.pt", "splits": {"test": {"top1": [0, 100.0], "top5": [None, 100]}}}, tmp_path)

@@ -25,11 +25,17 @@ def run(args: argparse.Namespace) -> int:
     uri = args.uri or tracking_config().uri
     if not uri:
         raise ValueError("no tracking URI: pass --uri or set SDN_TRACKING_URI (or MLFLOW_TRACKING_URI)")
-    summary = sync_results(args.results, uri, experiment=args.experiment, include_running=args.include_running)
+    config = tracking_config()
+    summary = sync_results(
+        args.results, uri, experiment=args.experiment, include_running=args.include_running, deadline=config.deadline
+    )
     print(
         f"uploaded {len(summary.uploaded)}, already synced {len(summary.already_synced)}, "
-        f"still running {len(summary.skipped_running)}, failed {len(summary.failed)} (URI {uri})"
+        f"still running {len(summary.skipped_running)}, failed {len(summary.failed)}, "
+        f"corrupt {len(summary.corrupt)} (URI {uri})"
     )
     for path in summary.failed:
         print(f"  failed: {path}")
-    return 1 if summary.failed else 0
+    for path in summary.corrupt:
+        print(f"  corrupt, skipped (fix or delete it): {path}")
+    return 1 if summary.failed or summary.corrupt else 0

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no tracking URI: pass --uri or set SDN_TRACKING_URI (or MLFLOW_TRACKING_URI)")
     experiment = args.experiment or config.experiment
     try:
-        experiment_id = init_store(uri, experiment)
+        experiment_id = init_store(uri, experiment, deadline=config.deadline)
     except MlflowUnavailable:
         return 0  # warned once already; jobs will keep journals for `sdn sync-mlflow`
     except Exception as err:  # noqa: BLE001 - tracking trouble must not stop the workflow

@@ -5,12 +5,15 @@ Layout read (docs/internals.md): ``{results}/{dataset}/{arch}/s{seed}/{variant}/
 experiment's summary from ``{variant}/analysis/backdoor/summary.json`` of the backdoored SDN (where the workflow
 writes it) or ``{results}/{dataset}/{arch}/s{seed}/backdoor/summary.json``. Figures are picked up from every folder
 under ``analysis/`` (gradcam and backdoor included). A missing file is recorded as absent
-("not run"); an unreadable one is absent too, with a line in ``Collection.problems``.
+("not run"); an unreadable one is absent too, with a line in ``Collection.problems``. A ``metrics.json`` holding
+an impossible value (an accuracy outside 0..100, NaN or infinity anywhere) is an error naming the file and the key:
+such numbers must never reach the report's tables.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -109,6 +112,8 @@ def _collect_run(found: Collection, key: RunKey, seed_dir: Path) -> None:
         result = VariantResult(key=key, variant=variant, path=variant_dir)
         result.meta = _read(found, variant_dir / "meta.json")
         result.metrics = _read(found, variant_dir / "metrics.json")
+        if result.metrics is not None:
+            check_metrics(result.metrics, variant_dir / "metrics.json")
         for name in ANALYSES:
             result.analyses[name] = _read(found, variant_dir / "analysis" / name / "summary.json")
         if (variant_dir / "analysis").is_dir():
@@ -144,3 +149,50 @@ def _read(found: Collection, path: Path) -> dict[str, Any] | None:
         found.problems.append(f"{path}: expected a JSON object, found {type(doc).__name__}")
         return None
     return doc
+
+
+class ImpossibleMetricError(ValueError):
+    """A metrics file holds a value no evaluation can produce (damaged or hand-edited)."""
+
+
+ACCURACY_MAX = 100.0
+
+
+def _is_accuracy_key(key: str) -> bool:
+    return key in {"top1", "top5"} or "accuracy" in key
+
+
+def check_metrics(doc: Any, path: Path) -> None:
+    """Raise ImpossibleMetricError naming ``path`` and the key of the first impossible value in ``doc``.
+
+    Every number must be finite; accuracies (``top1``, ``top5``, keys containing ``accuracy``) are percentages in
+    0..100. ``null`` is allowed (top-5 of a data set with fewer than 5 classes).
+    """
+    for key, value, is_accuracy in _leaves(doc, ""):
+        if value is None or isinstance(value, str):
+            continue
+        problem = None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problem = f"is a {type(value).__name__}, expected a number" if is_accuracy else None
+        elif not math.isfinite(value):
+            problem = "is not a finite number"
+        elif is_accuracy and not 0.0 <= value <= ACCURACY_MAX:
+            problem = f"is outside 0..{ACCURACY_MAX:g} (accuracies are percentages)"
+        if problem is not None:
+            raise ImpossibleMetricError(
+                f"{path}: {key} = {value!r} {problem}; the file is damaged or was not written by `sdn evaluate`: "
+                "delete it and rerun the evaluation (snakemake reruns the job that writes it)"
+            )
+
+
+def _leaves(tree: Any, prefix: str, is_accuracy: bool = False) -> list[tuple[str, Any, bool]]:
+    """``(dotted key, value, under an accuracy key)`` for every leaf; list items as ``key[i]``."""
+    if isinstance(tree, dict):
+        found: list[tuple[str, Any, bool]] = []
+        for key, value in tree.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            found.extend(_leaves(value, name, is_accuracy or _is_accuracy_key(str(key))))
+        return found
+    if isinstance(tree, list):
+        return [leaf for i, item in enumerate(tree) for leaf in _leaves(item, f"{prefix}[{i}]", is_accuracy)]
+    return [(prefix, tree, is_accuracy)]
