@@ -79,12 +79,19 @@ def load_split(outputs: Mapping[str, np.ndarray], split: str) -> tuple[np.ndarra
 
 
 def load_outputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Every array of an ``outputs.npz`` file, loaded into memory (FileNotFoundError names a missing file)."""
+    """Every array of an ``outputs.npz`` file, loaded into memory (FileNotFoundError names a missing file).
+
+    float16 arrays (the published, compact form of the logits) are widened to float32.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"outputs file not found: {path} (written by `sdn evaluate`)")
     with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+        return {key: _widen(data[key]) for key in data.files}
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) if array.dtype == np.float16 else array
 
 
 def exit_costs(outputs: Mapping[str, np.ndarray], num_exits: int) -> np.ndarray:
