@@ -17,7 +17,8 @@
 #              RESUME_FROM: a folder with resume.tar.NN of an earlier call (carry it in, e.g. as .reproduce-in/);
 #              SMALL=1: toy data sizes (600 train images, 200 test, 100 held out) for a CPU check;
 #              TRAIN_ARGS / PREPARE_ARGS: extra `sdn train` / `sdn prepare-data` options (e.g. TRAIN_ARGS="--exits
-#              paper-original"); PART_MIB (16), MAX_FILES (8), RESUME_MAX_MIB (60): the size limits of OUT.
+#              paper-original"); PART_MIB (16), MAX_FILES (8), RESUME_MAX_MIB (60): the size limits of OUT;
+#              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10).
 # OUT receives published.tar.NN (finished runs, reproduction/ layout), resume.tar.NN (state + checkpoints of
 # unfinished jobs), grid.json (status and wall time of every job and of the grid), runner.log; at most MAX_FILES files
 # of at most PART_MIB MiB each. Install the finished runs: `python -m sdn.reproduce.ingest OUT`.
@@ -40,4 +41,5 @@ args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --devi
 [ -n "${WORK:-}" ] && args+=(--work "$WORK")
 [ -n "${ARCHIVE:-}" ] && args+=(--archive "$ARCHIVE")
 [ -n "${RESUME_FROM:-}" ] && args+=(--resume-from "$RESUME_FROM")
+[ -n "${TOP_K:-}" ] && args+=(--top-k "$TOP_K")
 exec "$py" -m sdn.reproduce.runner "${args[@]}"

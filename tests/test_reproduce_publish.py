@@ -12,6 +12,7 @@ from sdn import io
 from sdn.analysis import early_exit, overthinking
 from sdn.analysis.arrays import load_outputs, load_split
 from sdn.reproduce import pack, publish
+from sdn.reproduce.compact import compact_outputs
 
 
 def fixture_outputs(seed: int = 0, num_classes: int = 10) -> dict[str, np.ndarray]:
@@ -52,7 +53,7 @@ def _analyses(outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 def test_float16_outputs_keep_every_analysis_within_a_tenth_of_a_point(tmp_path: Path) -> None:
     original = fixture_outputs()
-    io.save_npz(tmp_path / "compact.npz", **publish.compact_outputs(original))
+    io.save_npz(tmp_path / "compact.npz", **compact_outputs(original))
     compact = load_outputs(tmp_path / "compact.npz")  # widened to float32 on read
     assert compact["test_logits"].dtype == np.float32
     for split in ("holdout", "test"):
@@ -67,12 +68,12 @@ def test_float16_outputs_keep_every_analysis_within_a_tenth_of_a_point(tmp_path:
 
 def test_compact_outputs_survive_huge_logits_and_reject_nan() -> None:
     arrays = {"test_logits": np.array([[[1e6, 0.0, -1e6]]], dtype=np.float32), "test_labels": np.array([0])}
-    compact = publish.compact_outputs(arrays)["test_logits"]
+    compact = compact_outputs(arrays)["test_logits"]
     assert compact.dtype == np.float16 and np.isfinite(compact).all()
     assert compact.argmax(axis=-1).item() == 0
     arrays["test_logits"][0, 0, 1] = np.nan
     with pytest.raises(ValueError, match="test_logits holds NaN"):
-        publish.compact_outputs(arrays, source="run/outputs.npz")
+        compact_outputs(arrays, source="run/outputs.npz")
 
 
 def _finished_run(folder: Path) -> Path:
@@ -138,3 +139,31 @@ def test_pack_splits_into_bounded_parts_and_unpacks(tmp_path: Path) -> None:
         pack.unpack(tmp_path / "out", "resume", tmp_path / "again")
     with pytest.raises(FileNotFoundError, match="no published.tar.NN parts"):
         pack.unpack(tmp_path / "out", "published", tmp_path / "again")
+
+
+def test_top_k_logits_keep_the_analyses_within_a_tenth_of_a_point(tmp_path: Path) -> None:
+    original = fixture_outputs(seed=1, num_classes=100)
+    io.save_npz(tmp_path / "dense.npz", **compact_outputs(original))
+    io.save_npz(tmp_path / "top.npz", **compact_outputs(original, top_k=10))
+    assert (tmp_path / "top.npz").stat().st_size < 0.5 * (tmp_path / "dense.npz").stat().st_size
+    expanded = load_outputs(tmp_path / "top.npz")
+    assert expanded["test_logits"].shape == original["test_logits"].shape
+    assert not any(key.endswith("_topk_values") for key in expanded)
+    assert np.array_equal(expanded["test_logits"].argmax(-1), original["test_logits"].argmax(-1))
+    from sdn.analysis.arrays import softmax
+
+    confidence = softmax(expanded["test_logits"]).max(-1)
+    np.testing.assert_allclose(confidence, softmax(original["test_logits"]).max(-1), atol=2e-3)
+    ours, reference = _analyses(expanded), _analyses(original)
+    for key, value in reference.items():
+        assert ours[key] == pytest.approx(value, abs=0.1), key
+
+
+def test_incomplete_top_k_outputs_are_named(tmp_path: Path) -> None:
+    arrays = compact_outputs(fixture_outputs(num_classes=20), top_k=5)
+    del arrays["test_logits_rest_lse"]
+    io.save_npz(tmp_path / "broken.npz", **arrays)
+    with pytest.raises(
+        ValueError, match=r"broken.npz: outputs hold test_logits_topk_values but not test_logits_rest"
+    ):
+        load_outputs(tmp_path / "broken.npz")

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from sdn import io
+from sdn.reproduce.compact import compact_outputs
 
 MANIFEST = "MANIFEST.sha256"
 RUN_FILES = ("meta.json", "metrics.json", "history.csv")
-LOGIT_FLOOR = 60000.0  # below float16's largest finite value (65504)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -34,26 +34,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def compact_outputs(arrays: Mapping[str, np.ndarray], *, source: str = "outputs") -> dict[str, np.ndarray]:
-    """``*_logits`` shifted so that every row's largest logit is 0, clipped at -``LOGIT_FLOOR``, as float16.
-
-    Softmax, argmax, confidences and every analysis built on them are unchanged by the shift (up to float16 rounding,
-    which the shift makes finest where it matters: near the top logits); a logit ``LOGIT_FLOOR`` below the row's
-    largest has probability 0 in float64 either way. Everything else is kept as it is. NaN or inf is a ValueError.
-    """
-    compact: dict[str, np.ndarray] = {}
-    for key, value in arrays.items():
-        if key.endswith("_logits"):
-            value = np.asarray(value, dtype=np.float64)
-            if value.size and not np.isfinite(value).all():
-                raise ValueError(f"{source}: {key} holds NaN or inf; re-evaluate the checkpoint")
-            if value.size:
-                value = np.clip(value - value.max(axis=-1, keepdims=True), -LOGIT_FLOOR, 0.0)
-            value = value.astype(np.float16)
-        compact[key] = value
-    return compact
 
 
 def code_version(repo: str | os.PathLike[str]) -> dict[str, Any]:
@@ -105,8 +85,17 @@ def environment() -> dict[str, Any]:
     }
 
 
-def publish_run(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], provenance: Mapping[str, Any]) -> Path:
-    """Copy a finished run (``sdn train`` + ``sdn evaluate`` outputs) into ``dest`` in the published form."""
+def publish_run(
+    run_dir: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    provenance: Mapping[str, Any],
+    *,
+    top_k: int | None = None,
+) -> Path:
+    """Copy a finished run (``sdn train`` + ``sdn evaluate`` outputs) into ``dest`` in the published form.
+
+    ``top_k``: keep only each row's k largest logits (see :mod:`sdn.reproduce.compact`); None keeps all, as float16.
+    """
     run, out = Path(run_dir), Path(dest)
     missing = [name for name in (*RUN_FILES, "outputs.npz") if not (run / name).is_file()]
     if missing:
@@ -118,7 +107,7 @@ def publish_run(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], p
         shutil.copyfile(run / name, out / name)
     with np.load(run / "outputs.npz", allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
-    io.save_npz(out / "outputs.npz", **compact_outputs(arrays, source=str(run / "outputs.npz")))
+    io.save_npz(out / "outputs.npz", **compact_outputs(arrays, top_k=top_k, source=str(run / "outputs.npz")))
     record = dict(provenance)
     checkpoint = run / "model.pt"
     if checkpoint.is_file():
@@ -127,7 +116,9 @@ def publish_run(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], p
             "sha256": sha256_file(checkpoint),
             "bytes": checkpoint.stat().st_size,
         }
-    record["logits"] = "float16, shifted so each row's maximum is 0 (softmax and argmax unchanged)"
+    record["logits"] = "float16, shifted so each row's maximum is 0 (softmax and argmax unchanged)" + (
+        f"; only the {top_k} largest per row, the rest as one log-sum-exp (sdn.reproduce.compact)" if top_k else ""
+    )
     io.write_json(out / "provenance.json", record)
     return out
 

@@ -43,6 +43,8 @@ from sdn.reproduce.grid import PAPER_EPOCHS, STATE_FILE, VARIANTS, GridState, Jo
 log = logging.getLogger("sdn.reproduce")
 REPO = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 15.0
+# CIFAR-100's dense float16 logits take about 21 MB a run: too much for the return limits and the published folder
+DEFAULT_TOP_K = {"cifar100": 10}
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Settings:
     resume_max_mib: float = 60.0
     resume_from: Path | None = None
     python: str = sys.executable
+    top_k: int | None = None  # publish only each row's k largest logits (None: all, float16)
 
 
 @dataclass
@@ -264,7 +267,7 @@ class Runner:
             "concurrent_jobs": self.s.jobs,
         }
         dest = self.published_root() / "reproduction" / self.s.dataset / job.arch / f"s{job.seed}" / job.variant
-        publish.publish_run(self.work / job.run_dir, dest, provenance)
+        publish.publish_run(self.work / job.run_dir, dest, provenance, top_k=self.s.top_k)
         entry["published"] = True
         self.state.save()
 
@@ -400,6 +403,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--max-files", type=int, default=8)
     p.add_argument("--resume-max-mib", type=float, default=60.0)
     p.add_argument("--resume-from", type=Path, help="folder with resume.tar.NN from an earlier call")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        help="publish only the k largest logits of each row (0: all); default: 10 for cifar100, all for cifar10",
+    )
     a = p.parse_args(argv)
     if a.jobs < 1 or a.budget_s <= a.reserve_s or a.max_files < 3:
         p.error("need --jobs >= 1, --budget-s > --reserve-s and --max-files >= 3")
@@ -422,6 +430,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         variants=tuple(v for v in a.variants.split(",") if v), prepare_args=shlex.split(a.prepare_args),
         train_args=shlex.split(a.train_args), part_mib=a.part_mib, max_files=a.max_files,
         resume_max_mib=a.resume_max_mib, resume_from=a.resume_from,
+        top_k=(a.top_k or None) if a.top_k is not None else DEFAULT_TOP_K.get(a.dataset),
     )  # fmt: skip
 
 
