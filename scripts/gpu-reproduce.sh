@@ -42,4 +42,4 @@ args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --devi
 [ -n "${ARCHIVE:-}" ] && args+=(--archive "$ARCHIVE")
 [ -n "${RESUME_FROM:-}" ] && args+=(--resume-from "$RESUME_FROM")
 [ -n "${TOP_K:-}" ] && args+=(--top-k "$TOP_K")
-exec "$py" -m sdn.reproduce.runner "${args[@]}"
+exec "$py" -m sdn.reproduce.cli "${args[@]}"
