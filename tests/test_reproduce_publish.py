@@ -167,3 +167,18 @@ def test_incomplete_top_k_outputs_are_named(tmp_path: Path) -> None:
         ValueError, match=r"broken.npz: outputs hold test_logits_topk_values but not test_logits_rest"
     ):
         load_outputs(tmp_path / "broken.npz")
+
+
+@pytest.mark.parametrize("top_k", [None, 10])
+def test_analysis_commands_read_the_published_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, top_k: int | None
+) -> None:
+    from sdn.cli import main
+
+    monkeypatch.setenv("SDN_TRACKING", "off")
+    original = fixture_outputs(num_classes=20)
+    io.save_npz(tmp_path / "outputs.npz", **compact_outputs(original, top_k=top_k))
+    for command in ("early-exit", "overthinking", "confusion", "calibration"):
+        out = tmp_path / command
+        assert main([command, "--outputs", str(tmp_path / "outputs.npz"), "--out", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())
