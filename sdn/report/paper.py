@@ -192,7 +192,10 @@ def early_exit_rows(found: Collection) -> list[Row]:
         reduction = stat(e["test_reduction_percent"] for e, _ in ok)
         loss = stat(d["final_test_accuracy"] - e["test_accuracy"] for e, d in ok)
         tolerance = ok[0][1].get("tolerance")
-        ours = f"{reduction.text(unit='%')} less cost; {loss.text(2, show_n=False)} points below the final head"
+        change = stat(-v for v in loss.values)
+        ours = f"{reduction.text(unit='%')} less cost at {change.mean:+.2f}"
+        ours += f" ± {change.sd:.2f}" if change.sd is not None else ""
+        ours += " points of accuracy vs the final head"
         if tolerance is not None:
             ours += f" (threshold on held-out data within {tolerance:g} points)"
         assert claim.value is not None
