@@ -165,3 +165,41 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(tmp_path: Path) -> None
     assert provenance["environment"]["torch"] and provenance["code"]["source_sha256"]
     with np.load(runs / "sdn" / "outputs.npz") as data:
         assert data["test_logits"].dtype == np.float16 and data["test_logits"].shape[0] == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--archs", "resnet57"], "--archs: unknown ['resnet57']"),
+        (["--archs", "resnet56", "--seeds", "a"], "--seeds must be integers"),
+        (["--archs", "resnet56", "--budget-s", "10", "--reserve-s", "20"], "--budget-s > --reserve-s"),
+    ],
+)
+def test_runner_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sdn.reproduce.cli", "--out", str(tmp_path), "--dataset", "cifar10", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_missing_archive_is_named(tmp_path: Path) -> None:
+    runner = Runner(_settings(tmp_path, archive=tmp_path / "nope.tar.gz"))
+    with pytest.raises(FileNotFoundError, match=r"nope.tar.gz not found \(ARCHIVE="):
+        runner.prepare_data()
+
+
+def test_script_reports_a_missing_archive_and_still_packs(tmp_path: Path) -> None:
+    env = {**os.environ, "ARCHIVE": str(tmp_path / "none.tar.gz"), "WORK": str(tmp_path / "work"), "DEVICE": "cpu"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-reproduce.sh"), str(tmp_path / "out"), "cifar10", "resnet56"],
+        env={**env, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "none.tar.gz not found" in result.stderr, result.stderr
+    assert (tmp_path / "out" / "grid.json").is_file() and (tmp_path / "out" / "resume.tar.00").is_file()

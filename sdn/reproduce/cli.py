@@ -13,6 +13,13 @@ from sdn.reproduce.grid import PAPER_EPOCHS, VARIANTS
 from sdn.reproduce.runner import DEFAULT_TOP_K, REPO, Runner, Settings, log
 
 
+def default_archive(dataset: str) -> Path:
+    """The first of .gpu/, shared/data/ (in the tree) and ../shared/data/ holding ``<dataset>-jpeg.tar.gz``."""
+    name = f"{dataset}-jpeg.tar.gz"
+    candidates = [REPO / ".gpu" / name, REPO / "shared" / "data" / name, REPO.parent / "shared" / "data" / name]
+    return next((c for c in candidates if c.is_file()), candidates[-1])
+
+
 def parse_args(argv: list[str] | None = None) -> Settings:
     p = argparse.ArgumentParser(
         prog="python -m sdn.reproduce.cli", description="Run a reproduction grid within a time budget."
@@ -22,7 +29,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--archs", required=True, help="comma-separated, e.g. resnet56,mobilenet,vgg16bn,wrn32_4")
     p.add_argument("--seeds", default="0", help="space- or comma-separated seeds")
     p.add_argument("--work", type=Path, help="work folder (default: <repo>/.reproduce/<dataset>)")
-    p.add_argument("--archive", type=Path, help="default: <repo>/../shared/data/<dataset>-jpeg.tar.gz")
+    p.add_argument(
+        "--archive",
+        type=Path,
+        help="default: <dataset>-jpeg.tar.gz in <repo>/.gpu/, <repo>/shared/data/ or ../shared/data/",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--jobs", type=int, default=3, help="jobs at once (default 3)")
     p.add_argument("--budget-s", type=float, default=3600.0)
@@ -56,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     except ValueError:
         p.error(f"--seeds must be integers, got {a.seeds!r}")
     work = a.work or REPO / ".reproduce" / a.dataset
-    archive = a.archive or REPO.parent / "shared" / "data" / f"{a.dataset}-jpeg.tar.gz"
+    archive = a.archive or default_archive(a.dataset)
     return Settings(
         out=a.out.resolve(), dataset=a.dataset, archs=archs, seeds=seeds, work=work.resolve(), archive=archive,
         device=a.device, jobs=a.jobs, budget_s=a.budget_s, reserve_s=a.reserve_s,
@@ -75,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.FileHandler(settings.out / "runner.log")
     handler.setFormatter(logging.Formatter("[reproduce %(asctime)s] %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
-    runner = Runner(settings)
+    try:
+        runner = Runner(settings)
+    except (FileNotFoundError, ValueError) as error:  # e.g. a broken resume pack or another data set's state
+        log.error("error: %s", error)
+        return 2
 
     def request_stop(signum: int, frame: object) -> None:
         log.info("signal %d: stopping the running jobs and packing", signum)
@@ -83,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    summary = runner.run()
+    try:
+        summary = runner.run()
+    except (FileNotFoundError, RuntimeError) as error:  # the archive or data preparation; OUT is packed anyway
+        log.error("error: %s", error)
+        return 2
     return 0 if summary["complete"] or summary["calls"][-1].get("stopped") else 1
 
 
