@@ -203,3 +203,14 @@ def test_script_reports_a_missing_archive_and_still_packs(tmp_path: Path) -> Non
     )
     assert result.returncode == 2 and "none.tar.gz not found" in result.stderr, result.stderr
     assert (tmp_path / "out" / "grid.json").is_file() and (tmp_path / "out" / "resume.tar.00").is_file()
+
+
+def test_resume_from_is_ignored_when_the_work_folder_has_a_state(tmp_path: Path) -> None:
+    first = Runner(_settings(tmp_path, work=tmp_path / "a"))
+    first.environment = {}
+    first.pack(first.summary())  # OUT: a resume pack holding a's state
+    Runner(_settings(tmp_path, work=tmp_path / "b"))  # b has its own state now
+    second = Runner(_settings(tmp_path, work=tmp_path / "b", resume_from=tmp_path / "out"))
+    assert len(second.state.data["calls"]) == 2  # b's own two calls, not a's one
+    fresh = Runner(_settings(tmp_path, work=tmp_path / "c", resume_from=tmp_path / "out"))
+    assert len(fresh.state.data["calls"]) == 2  # a's call, carried in, and this one

@@ -96,7 +96,9 @@ class Runner:
         self.running: dict[str, Running] = {}
         self.jobs = grid_jobs(settings.archs, settings.seeds, settings.variants)
         self.work.mkdir(parents=True, exist_ok=True)
-        if settings.resume_from is not None:
+        if settings.resume_from is not None and (self.work / STATE_FILE).is_file():
+            log.warning("%s already holds a grid state: --resume-from %s ignored", self.work, settings.resume_from)
+        elif settings.resume_from is not None:
             names = pack.unpack(settings.resume_from, "resume", self.work)
             log.info("unpacked %d files from %s/resume.tar.*", len(names), settings.resume_from)
         self.state = GridState.load(self.work, settings.dataset)
