@@ -12,7 +12,8 @@
 #   BUDGET_S   seconds this call may take in all (default 3600); RESERVE_S of them (default 30) are kept for stopping
 #              the running jobs (SIGTERM; each trainer keeps last.pt of its last finished epoch) and packing OUT.
 #   JOBS       jobs at once on the GPU (default 3: one ResNet-56/MobileNet job at batch 128 leaves an H100/H200 mostly
-#              idle; `sdn bench --concurrent-jobs` measures the gain of sharing, scripts/gpu-bench.sh runs it).
+#              idle). JOBS=auto measures 1-4 SDN trainings of the first arch at once (about a minute, once per grid:
+#              the choice is kept in WORK/state.json) and takes the count beyond which the aggregate gains < 5%.
 #   DEVICE     default cuda (cpu for a dry run); WORK: work folder (default .reproduce/<dataset>, git-ignored);
 #              RESUME_FROM: a folder with resume.tar.NN of an earlier call (carry it in, e.g. as .reproduce-in/);
 #              SMALL=1: toy data sizes (600 train images, 200 test, 100 held out) for a CPU check;

@@ -173,6 +173,7 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(tmp_path: Path) -> None
         (["--archs", "resnet57"], "--archs: unknown ['resnet57']"),
         (["--archs", "resnet56", "--seeds", "a"], "--seeds must be integers"),
         (["--archs", "resnet56", "--budget-s", "10", "--reserve-s", "20"], "--budget-s > --reserve-s"),
+        (["--archs", "resnet56", "--jobs", "0"], "--jobs wants a positive count or 'auto'"),
     ],
 )
 def test_runner_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
@@ -214,3 +215,30 @@ def test_resume_from_is_ignored_when_the_work_folder_has_a_state(tmp_path: Path)
     assert len(second.state.data["calls"]) == 2  # b's own two calls, not a's one
     fresh = Runner(_settings(tmp_path, work=tmp_path / "c", resume_from=tmp_path / "out"))
     assert len(fresh.state.data["calls"]) == 2  # a's call, carried in, and this one
+
+
+def test_choose_jobs_moves_up_only_for_a_real_gain() -> None:
+    from sdn.reproduce.concurrency import choose_jobs
+
+    assert choose_jobs({1: 100.0, 2: 180.0, 3: 200.0, 4: 205.0}) == 3  # 4 adds only 2.5%
+    assert choose_jobs({1: 100.0, 2: 98.0, 3: 120.0}) == 3  # a dip at 2 does not stop the walk
+    assert choose_jobs({1: 100.0, 2: 103.0}) == 1
+    with pytest.raises(ValueError, match="no measured rates"):
+        choose_jobs({})
+
+
+def test_jobs_auto_is_measured_once_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        calls.append(command)
+        out = Path(command[command.index("--json-out") + 1])
+        out.write_text(json.dumps({"rates": {"1": 100.0, "2": 150.0}, "chosen": 2}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    runner = Runner(_settings(tmp_path, jobs=0))
+    (runner.work / "logs").mkdir()
+    assert runner.resolve_jobs() == 2
+    assert Runner(_settings(tmp_path, jobs=0)).resolve_jobs() == 2 and len(calls) == 1  # kept in state.json
+    assert calls[0][2] == "sdn.reproduce.concurrency" and "resnet56" in calls[0]

@@ -13,6 +13,19 @@ from sdn.reproduce.grid import PAPER_EPOCHS, VARIANTS
 from sdn.reproduce.runner import DEFAULT_TOP_K, REPO, Runner, Settings, log
 
 
+def _jobs(text: str) -> int:
+    """``auto`` -> 0 (measure); otherwise a positive count."""
+    if text == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--jobs wants a positive count or 'auto', got {text!r}")
+    return value
+
+
 def default_archive(dataset: str) -> Path:
     """The first of .gpu/, shared/data/ (in the tree) and ../shared/data/ holding ``<dataset>-jpeg.tar.gz``."""
     name = f"{dataset}-jpeg.tar.gz"
@@ -35,7 +48,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="default: <dataset>-jpeg.tar.gz in <repo>/.gpu/, <repo>/shared/data/ or ../shared/data/",
     )
     p.add_argument("--device", default="cuda")
-    p.add_argument("--jobs", type=int, default=3, help="jobs at once (default 3)")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=3,
+        help="jobs at once (default 3), or 'auto': measured once per grid (sdn.reproduce.concurrency)",
+    )
     p.add_argument("--budget-s", type=float, default=3600.0)
     p.add_argument("--reserve-s", type=float, default=30.0, help="seconds kept for stopping and packing")
     for variant in VARIANTS:
@@ -54,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="publish only the k largest logits of each row (0: all); default: 10 for cifar100, all for cifar10",
     )
     a = p.parse_args(argv)
-    if a.jobs < 1 or a.budget_s <= a.reserve_s or a.max_files < 3:
-        p.error("need --jobs >= 1, --budget-s > --reserve-s and --max-files >= 3")
+    if a.budget_s <= a.reserve_s or a.max_files < 3:
+        p.error("need --budget-s > --reserve-s and --max-files >= 3")
     archs = [x for x in a.archs.replace(",", " ").split() if x]
     from sdn.models import list_archs
 

@@ -20,6 +20,7 @@ and listed in ``grid.json`` (those jobs start over).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from sdn.reproduce.grid import PAPER_EPOCHS, STATE_FILE, VARIANTS, GridState, Jo
 log = logging.getLogger("sdn.reproduce")
 REPO = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 15.0
+FALLBACK_JOBS = 3  # JOBS=auto when the measurement fails
 # CIFAR-100's dense float16 logits take about 21 MB a run: too much for the return limits and the published folder
 DEFAULT_TOP_K = {"cifar100": 10}
 
@@ -69,6 +71,8 @@ class Settings:
     resume_from: Path | None = None
     python: str = sys.executable
     top_k: int | None = None  # publish only each row's k largest logits (None: all, float16)
+    auto_candidates: tuple[int, ...] = (1, 2, 3, 4)  # job counts measured when jobs == 0 (JOBS=auto)
+    auto_seconds: float = 6.0
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Runner:
         self.failed: dict[str, str] = {}
         self.stop_requested = False  # set by SIGTERM/SIGINT: stop like at the end of the budget
         self.running: dict[str, Running] = {}
+        self.slots = max(settings.jobs, 1)  # jobs at once (resolved in run() when settings.jobs is 0: auto)
         self.jobs = grid_jobs(settings.archs, settings.seeds, settings.variants)
         self.work.mkdir(parents=True, exist_ok=True)
         if settings.resume_from is not None and (self.work / STATE_FILE).is_file():
@@ -135,6 +140,36 @@ class Runner:
             raise RuntimeError(f"sdn prepare-data failed (rc {rc}); see {self.work / 'logs' / 'prepare.log'}")
         self.call["prepare_s"] = round(time.monotonic() - started, 1)
         log.info("data prepared in %.0f s", self.call["prepare_s"])
+
+    # ------------------------------------------------------------------ concurrency
+    def resolve_jobs(self) -> int:
+        """``jobs`` as given, or (0: auto) the count measured once per grid and kept in state.json."""
+        if self.s.jobs > 0:
+            return self.s.jobs
+        known = self.state.data.get("jobs_auto")
+        if known:
+            log.info("jobs at once: %d (measured earlier: %s)", known["chosen"], known["rates"])
+            return int(known["chosen"])
+        out = self.work / "logs" / "concurrency.json"
+        command = [self.s.python, "-m", "sdn.reproduce.concurrency", "--arch", self.s.archs[0],
+                   "--device", self.s.device, "--candidates", ",".join(map(str, self.s.auto_candidates)),
+                   "--seconds", str(self.s.auto_seconds), "--batch-size", str(self.s.batch_size),
+                   "--json-out", str(out)]  # fmt: skip
+        started = time.monotonic()
+        try:
+            with open(self.work / "logs" / "concurrency.log", "ab") as handle:
+                subprocess.run(command, env=_env(), stdout=handle, stderr=subprocess.STDOUT, check=True,
+                               timeout=max(self.stop_at - time.monotonic(), 1.0))  # fmt: skip
+            doc = json.loads(out.read_text())
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            log.warning("measuring the jobs at once failed (%s); using %d", error, FALLBACK_JOBS)
+            return FALLBACK_JOBS
+        doc["seconds"] = round(time.monotonic() - started, 1)
+        self.state.data["jobs_auto"] = doc
+        self.state.save()
+        log.info("jobs at once: %d (aggregate images/s by jobs: %s; measured in %.0f s)", doc["chosen"],
+                 doc["rates"], doc["seconds"])  # fmt: skip
+        return int(doc["chosen"])
 
     # ------------------------------------------------------------------ jobs
     def command(self, job: Job, phase: str) -> list[str]:
@@ -233,7 +268,7 @@ class Runner:
                 self.call["stopped"] = reason
                 return
             for job in self.jobs:
-                if len(self.running) >= self.s.jobs:
+                if len(self.running) >= self.slots:
                     break
                 phase = self.ready(job)
                 if phase is not None:
@@ -265,7 +300,7 @@ class Runner:
                 "evaluate": round(self.state.wall_seconds(job, "evaluate"), 1),
             },
             "segments": entry["segments"],
-            "concurrent_jobs": self.s.jobs,
+            "concurrent_jobs": self.slots,
         }
         dest = self.published_root() / "reproduction" / self.s.dataset / job.arch / f"s{job.seed}" / job.variant
         publish.publish_run(self.work / job.run_dir, dest, provenance, top_k=self.s.top_k)
@@ -350,6 +385,8 @@ class Runner:
         try:
             self.prepare_data()
             if not self.stop_requested:
+                self.slots = self.resolve_jobs()
+                self.call["jobs"] = self.slots
                 self.schedule()
         finally:
             self.stop_all()
