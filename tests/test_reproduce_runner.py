@@ -242,3 +242,19 @@ def test_jobs_auto_is_measured_once_and_kept(tmp_path: Path, monkeypatch: pytest
     assert runner.resolve_jobs() == 2
     assert Runner(_settings(tmp_path, jobs=0)).resolve_jobs() == 2 and len(calls) == 1  # kept in state.json
     assert calls[0][2] == "sdn.reproduce.concurrency" and "resnet56" in calls[0]
+
+
+def test_prepared_data_is_reused_by_a_later_call(tmp_path: Path) -> None:
+    archive = tmp_path / "c10.tar.gz"
+    _fake_cifar_archive(archive, train_per_class=10, test_per_class=4)
+    settings = _settings(tmp_path, archive=archive, prepare_args=["--holdout", "6"])
+    first = Runner(settings)
+    (first.work / "logs").mkdir()
+    first.prepare_data()
+    meta = first.work / "data" / "meta.json"
+    assert json.loads(meta.read_text())["sizes"] == {"train": 24, "holdout": 6, "test": 12}
+    assert not (first.work / "raw").exists()  # the extracted images are removed
+    stamp = meta.stat().st_mtime_ns
+    second = Runner(settings)
+    second.prepare_data()
+    assert meta.stat().st_mtime_ns == stamp and "prepare_s" not in second.call

@@ -119,6 +119,11 @@ class Runner:
             raise FileNotFoundError(
                 f"CIFAR JPEG archive {self.s.archive} not found (ARCHIVE=path/to/<dataset>-jpeg.tar.gz)"
             )
+        request = {"archive": str(self.s.archive.resolve()), "bytes": self.s.archive.stat().st_size,
+                   "prepare_args": self.s.prepare_args}  # fmt: skip
+        if (data / "meta.json").is_file() and self.state.data.get("prepared") == request:
+            log.info("data already prepared in %s (same archive and options)", data)
+            return
         raw = self.work / "raw"
         shutil.rmtree(raw, ignore_errors=True)
         raw.mkdir()
@@ -138,7 +143,9 @@ class Runner:
         shutil.rmtree(raw, ignore_errors=True)
         if rc != 0 or not (data / "meta.json").is_file():
             raise RuntimeError(f"sdn prepare-data failed (rc {rc}); see {self.work / 'logs' / 'prepare.log'}")
+        self.state.data["prepared"] = request
         self.call["prepare_s"] = round(time.monotonic() - started, 1)
+        self.state.save()
         log.info("data prepared in %.0f s", self.call["prepare_s"])
 
     # ------------------------------------------------------------------ concurrency
