@@ -119,7 +119,7 @@ class Runner:
             raise FileNotFoundError(
                 f"CIFAR JPEG archive {self.s.archive} not found (ARCHIVE=path/to/<dataset>-jpeg.tar.gz)"
             )
-        request = {"archive": str(self.s.archive.resolve()), "bytes": self.s.archive.stat().st_size,
+        request = {"archive": self.s.archive.name, "sha256": publish.sha256_file(self.s.archive),
                    "prepare_args": self.s.prepare_args}  # fmt: skip
         if (data / "meta.json").is_file() and self.state.data.get("prepared") == request:
             log.info("data already prepared in %s (same archive and options)", data)
@@ -341,6 +341,7 @@ class Runner:
             "jobs": jobs,
             "environment": self.environment,
             "code": publish.code_version(REPO),
+            "data": self.state.data.get("prepared"),  # archive name and sha256, prepare-data options
         }
 
     def resume_members(self) -> list[str]:
@@ -423,4 +424,7 @@ def _env() -> dict[str, str]:
 
 
 def _plain_settings(s: Settings) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(s).items()}
+    """The settings as JSON; paths by their last part only (grid.json is published: no machine's folders in it)."""
+    plain = {k: (v.name if isinstance(v, Path) else v) for k, v in vars(s).items()}
+    plain["python"] = Path(s.python).name
+    return plain
