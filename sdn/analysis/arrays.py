@@ -79,12 +79,22 @@ def load_split(outputs: Mapping[str, np.ndarray], split: str) -> tuple[np.ndarra
 
 
 def load_outputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Every array of an ``outputs.npz`` file, loaded into memory (FileNotFoundError names a missing file)."""
+    """Every array of an ``outputs.npz`` file, loaded into memory (FileNotFoundError names a missing file).
+
+    The published, compact form of the logits (float16, possibly top-k; :mod:`sdn.reproduce.compact`) is expanded
+    to dense float32 logits.
+    """
+    from sdn.reproduce.compact import expand_outputs
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"outputs file not found: {path} (written by `sdn evaluate`)")
     with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+        arrays = {key: data[key] for key in data.files}
+    try:
+        return expand_outputs(arrays)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def exit_costs(outputs: Mapping[str, np.ndarray], num_exits: int) -> np.ndarray:

@@ -156,8 +156,9 @@ def load_outputs(path: str | Path) -> dict[str, np.ndarray]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no outputs file {file}; run `sdn evaluate` with splits holdout,test,test_triggered")
-    with np.load(file) as data:
-        return {key: data[key] for key in data.files}
+    from sdn.analysis.arrays import load_outputs as load_arrays  # widens published float16 logits
+
+    return load_arrays(file)
 
 
 def write_analysis(result: Any, out_dir: str | Path) -> list[Path]:

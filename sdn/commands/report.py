@@ -75,8 +75,12 @@ def write_report(results: Path, out_dir: Path, *, config_json: Path | None = Non
         provenance=provenance_line(commits, config_json),
         figures=sorted(p.name for p in figures if p.suffix == ".png"),
     )
+    from sdn.report.paper import paper_markdown
+
+    paper = paper_markdown(found)
+    write_text(out_dir / "paper_vs_ours.md", paper)
     summary = out_dir / "summary.md"
-    write_text(summary, text)
+    write_text(summary, text + "\n" + paper)
     log.info("report of %d run(s) written to %s (%d figure files)", len(found.keys), out_dir, len(figures))
     for problem in found.problems:
         log.warning("%s", problem)

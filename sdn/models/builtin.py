@@ -38,6 +38,7 @@ register(
         paper_exits=(3, 7, 11, 15, 19, 23),
         weight_decay=1e-4,
         description="ResNet-56, 27 post-activation BasicBlocks, 1x1 conv+BN projection shortcuts",
+        ic_inputs=("post-relu", "pre-relu"),
     )
 )
 register(

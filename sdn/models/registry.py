@@ -10,6 +10,7 @@ from torch import nn
 from sdn.models.exits import AlphaMode
 from sdn.models.multiexit import BackboneParts, MultiExitNet
 
+DEFAULT_IC_INPUT = "post-relu"
 BackboneBuilder = Callable[..., BackboneParts]  # builder(*, num_classes: int, input_size: int) -> BackboneParts
 
 
@@ -32,6 +33,7 @@ class ArchSpec:
     original_exits: tuple[int, ...] | None = None
     extra: dict[str, object] = field(default_factory=dict)
     exit_init: Callable[[nn.Linear], None] | None = None
+    ic_inputs: tuple[str, ...] = (DEFAULT_IC_INPUT,)  # what an IC may read; the builder takes ic_input= if > 1
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -66,8 +68,13 @@ def create(
     input_size: int,
     exits: ExitsArg = "paper",
     alpha_mode: AlphaMode = "bounded",
+    ic_input: str = DEFAULT_IC_INPUT,
 ) -> MultiExitNet:
     """Build architecture ``name`` with its exits.
+
+    ``ic_input``: what an IC reads where the architecture offers a choice (``spec.ic_inputs``): ``"post-relu"``
+    (default, the block's output) or, for resnet56, ``"pre-relu"`` (the block's sum before its last ReLU, as the
+    original code).
 
     ``exits``: ``"paper"`` (the paper's placement), ``"paper-original"`` (the released code's masks),
     ``"none"``/``None`` (the plain CNN), ``"cost:0.15,0.3,..."`` (after the block whose cumulative cost is
@@ -80,8 +87,11 @@ def create(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if input_size not in spec.input_sizes:
         raise ValueError(f"{name} is defined for input sizes {list(spec.input_sizes)}, got {input_size}")
+    if ic_input not in spec.ic_inputs:
+        raise ValueError(f"{name} offers ic_input {list(spec.ic_inputs)}, got {ic_input!r}")
     positions = resolve_exits(spec, exits, num_classes=num_classes, input_size=input_size)
-    parts = spec.builder(num_classes=num_classes, input_size=input_size)
+    layout = {"ic_input": ic_input} if ic_input != DEFAULT_IC_INPUT else {}
+    parts = spec.builder(num_classes=num_classes, input_size=input_size, **layout)
     model = MultiExitNet(
         parts,
         num_classes=num_classes,

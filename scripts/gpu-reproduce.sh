@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Train and evaluate the paper's grid on one GPU machine with no network, snakemake or mlflow, within a time budget.
+#
+#   scripts/gpu-reproduce.sh OUT DATASET ARCHS [SEEDS]
+#   e.g. BUDGET_S=580 scripts/gpu-reproduce.sh "$OUT" cifar10 resnet56,mobilenet "0 1 2"
+#
+# DATASET: cifar10 | cifar100 (from ../shared/data/<dataset>-jpeg.tar.gz, or ARCHIVE=...). ARCHS: comma-separated
+# (resnet56, mobilenet, vgg16bn, wrn32_4). SEEDS: default "0". The paper's recipe: CNN 100, IC-only 25 (its parent is
+# the CNN), SDN 100 epochs, batch 128 (EPOCHS_CNN, EPOCHS_IC, EPOCHS_SDN, BATCH override them).
+#
+# Environment:
+#   BUDGET_S   seconds this call may take in all (default 3600); RESERVE_S of them (default 30) are kept for stopping
+#              the running jobs (SIGTERM; each trainer keeps last.pt of its last finished epoch) and packing OUT.
+#   JOBS       jobs at once on the GPU (default 3: one ResNet-56/MobileNet job at batch 128 leaves an H100/H200 mostly
+#              idle). JOBS=auto measures 1-4 SDN trainings of the first arch at once (about a minute, once per grid:
+#              the choice is kept in WORK/state.json) and takes the count beyond which the aggregate gains < 5%.
+#   DEVICE     default cuda (cpu for a dry run); WORK: work folder (default .reproduce/<dataset>, git-ignored);
+#              RESUME_FROM: a folder with resume.tar.NN of an earlier call (carry it in, e.g. as .reproduce-in/);
+#              SMALL=1: toy data sizes (600 train images, 200 test, 100 held out) for a CPU check;
+#              TRAIN_ARGS / PREPARE_ARGS: extra `sdn train` / `sdn prepare-data` options (e.g. TRAIN_ARGS="--exits
+#              paper-original"); PART_MIB (16), MAX_FILES (8), RESUME_MAX_MIB (60): the size limits of OUT;
+#              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10).
+# OUT receives published.tar.NN (finished runs, reproduction/ layout), resume.tar.NN (state + checkpoints of
+# unfinished jobs), grid.json (status and wall time of every job and of the grid), runner.log; at most MAX_FILES files
+# of at most PART_MIB MiB each. Install the finished runs: `python -m sdn.reproduce.ingest OUT`.
+# A second call with the same WORK (or RESUME_FROM) continues: finished jobs are skipped, stopped ones resume.
+set -uo pipefail
+out=${1:?usage: scripts/gpu-reproduce.sh OUT DATASET ARCHS [SEEDS]}
+dataset=${2:?usage: scripts/gpu-reproduce.sh OUT DATASET ARCHS [SEEDS]}
+archs=${3:?usage: scripts/gpu-reproduce.sh OUT DATASET ARCHS [SEEDS]}
+seeds=${4:-0}
+here=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SDN_TRACKING=off
+py=${PYTHON:-python3}
+prepare_args=${PREPARE_ARGS:-}
+if [ "${SMALL:-0}" = 1 ]; then prepare_args="--max-train 600 --max-test 200 --holdout 100 $prepare_args"; fi
+args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --device "${DEVICE:-cuda}"
+      --jobs "${JOBS:-3}" --budget-s "${BUDGET_S:-3600}" --reserve-s "${RESERVE_S:-30}"
+      --epochs-cnn "${EPOCHS_CNN:-100}" --epochs-ic-only "${EPOCHS_IC:-25}" --epochs-sdn "${EPOCHS_SDN:-100}"
+      --batch-size "${BATCH:-128}" --prepare-args "$prepare_args" --train-args "${TRAIN_ARGS:-}"
+      --part-mib "${PART_MIB:-16}" --max-files "${MAX_FILES:-8}" --resume-max-mib "${RESUME_MAX_MIB:-60}")
+[ -n "${WORK:-}" ] && args+=(--work "$WORK")
+[ -n "${ARCHIVE:-}" ] && args+=(--archive "$ARCHIVE")
+[ -n "${RESUME_FROM:-}" ] && args+=(--resume-from "$RESUME_FROM")
+[ -n "${TOP_K:-}" ] && args+=(--top-k "$TOP_K")
+exec "$py" -m sdn.reproduce.cli "${args[@]}"

@@ -1,0 +1,1 @@
+"""Paper-scale reproduction: the GPU grid runner, its packing, and the published (compact) form of finished runs."""

@@ -1,0 +1,430 @@
+"""Run a reproduction grid on one machine within a time budget (command line: :mod:`sdn.reproduce.cli`, used by
+``scripts/gpu-reproduce.sh``).
+
+Steps: extract the JPEG archive and ``sdn prepare-data`` it into ``WORK/data``; run every job of the grid
+(``sdn train`` then ``sdn evaluate``, ``ic_only`` after its ``cnn``), ``--jobs`` at once; at ``--budget-s`` minus
+``--reserve-s`` stop the running ones (SIGTERM: a trainer keeps its ``last.pt`` of the last finished epoch and
+resumes from it on the next call) and start nothing new; publish every evaluated run
+(:mod:`sdn.reproduce.publish`) and pack, in ``OUT``:
+
+- ``published.tar.NN``: ``reproduction/<dataset>/<arch>/s<seed>/<variant>/`` of the runs finished so far, plus
+  ``reproduction/<dataset>/grid.json``;
+- ``resume.tar.NN``: ``state.json``, the ``last.pt`` of unfinished jobs and the ``model.pt`` of trained but not
+  yet evaluated jobs and of CNNs whose IC-only child is unfinished (``--resume-from`` unpacks it on the next call);
+- ``grid.json`` (every job's status and wall times, the grid's wall time) and ``runner.log``.
+
+At most ``--max-files`` files of at most ``--part-mib`` MiB each (the device tool returns 8 of 16 MiB), the resume
+pack at most ``--resume-max-mib`` (what a call can carry in); checkpoints that do not fit are left out, largest first,
+and listed in ``grid.json`` (those jobs start over).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sdn import io
+from sdn.reproduce import pack, publish
+from sdn.reproduce.grid import PAPER_EPOCHS, STATE_FILE, VARIANTS, GridState, Job, grid_jobs, job_status
+
+log = logging.getLogger("sdn.reproduce")
+REPO = Path(__file__).resolve().parents[2]
+STOP_GRACE_S = 15.0
+FALLBACK_JOBS = 3  # JOBS=auto when the measurement fails
+# CIFAR-100's dense float16 logits take about 21 MB a run: too much for the return limits and the published folder
+DEFAULT_TOP_K = {"cifar100": 10}
+
+
+@dataclass
+class Settings:
+    out: Path
+    dataset: str
+    archs: list[str]
+    seeds: list[int]
+    work: Path
+    archive: Path | None
+    device: str = "cuda"
+    jobs: int = 3
+    budget_s: float = 3600.0
+    reserve_s: float = 30.0
+    epochs: dict[str, int] = field(default_factory=lambda: dict(PAPER_EPOCHS))
+    batch_size: int = 128
+    variants: tuple[str, ...] = VARIANTS
+    prepare_args: list[str] = field(default_factory=list)
+    train_args: list[str] = field(default_factory=list)
+    part_mib: float = 16.0
+    max_files: int = 8
+    resume_max_mib: float = 60.0
+    resume_from: Path | None = None
+    python: str = sys.executable
+    top_k: int | None = None  # publish only each row's k largest logits (None: all, float16)
+    auto_candidates: tuple[int, ...] = (1, 2, 3, 4)  # job counts measured when jobs == 0 (JOBS=auto)
+    auto_seconds: float = 6.0
+
+
+@dataclass
+class Running:
+    job: Job
+    phase: str  # train | evaluate
+    process: subprocess.Popen[bytes]
+    started: float
+    started_at: str
+    log_file: IO[bytes]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Runner:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.work = settings.work
+        self.start = time.monotonic()
+        self.stop_at = self.start + settings.budget_s - settings.reserve_s
+        self.failed: dict[str, str] = {}
+        self.stop_requested = False  # set by SIGTERM/SIGINT: stop like at the end of the budget
+        self.running: dict[str, Running] = {}
+        self.slots = max(settings.jobs, 1)  # jobs at once (resolved in run() when settings.jobs is 0: auto)
+        self.jobs = grid_jobs(settings.archs, settings.seeds, settings.variants)
+        self.work.mkdir(parents=True, exist_ok=True)
+        if settings.resume_from is not None and (self.work / STATE_FILE).is_file():
+            log.warning("%s already holds a grid state: --resume-from %s ignored", self.work, settings.resume_from)
+        elif settings.resume_from is not None:
+            names = pack.unpack(settings.resume_from, "resume", self.work)
+            log.info("unpacked %d files from %s/resume.tar.*", len(names), settings.resume_from)
+        self.state = GridState.load(self.work, settings.dataset)
+        self.call: dict[str, Any] = {"started": now_iso(), "settings": _plain_settings(settings)}
+        self.state.data["calls"].append(self.call)
+        self.state.save()
+
+    # ------------------------------------------------------------------ data
+    def prepare_data(self) -> None:
+        data = self.work / "data"
+        started = time.monotonic()
+        if self.s.archive is None or not self.s.archive.is_file():
+            raise FileNotFoundError(
+                f"CIFAR JPEG archive {self.s.archive} not found (ARCHIVE=path/to/<dataset>-jpeg.tar.gz)"
+            )
+        request = {"archive": self.s.archive.name, "sha256": publish.sha256_file(self.s.archive),
+                   "prepare_args": self.s.prepare_args}  # fmt: skip
+        if (data / "meta.json").is_file() and self.state.data.get("prepared") == request:
+            log.info("data already prepared in %s (same archive and options)", data)
+            return
+        raw = self.work / "raw"
+        shutil.rmtree(raw, ignore_errors=True)
+        raw.mkdir()
+        with tarfile.open(self.s.archive) as tar:
+            tar.extractall(raw, filter="data")
+        roots = sorted(p.parent for p in raw.glob("**/train") if (p.parent / "test").is_dir())
+        if not roots:
+            raise FileNotFoundError(
+                f"{self.s.archive} holds no <root>/train and <root>/test folders (ImageFolder layout)"
+            )
+        command = [self.s.python, "-m", "sdn", "prepare-data", "--dataset", "imagefolder"]
+        command += ["--data-root", str(roots[0]), "--out", "data", *self.s.prepare_args]
+        with open(self.work / "logs" / "prepare.log", "ab") as handle:
+            rc = subprocess.run(
+                command, cwd=self.work, env=_env(), stdout=handle, stderr=subprocess.STDOUT
+            ).returncode
+        shutil.rmtree(raw, ignore_errors=True)
+        if rc != 0 or not (data / "meta.json").is_file():
+            raise RuntimeError(f"sdn prepare-data failed (rc {rc}); see {self.work / 'logs' / 'prepare.log'}")
+        self.state.data["prepared"] = request
+        self.call["prepare_s"] = round(time.monotonic() - started, 1)
+        self.state.save()
+        log.info("data prepared in %.0f s", self.call["prepare_s"])
+
+    # ------------------------------------------------------------------ concurrency
+    def resolve_jobs(self) -> int:
+        """``jobs`` as given, or (0: auto) the count measured once per grid and kept in state.json."""
+        if self.s.jobs > 0:
+            return self.s.jobs
+        known = self.state.data.get("jobs_auto")
+        if known:
+            log.info("jobs at once: %d (measured earlier: %s)", known["chosen"], known["rates"])
+            return int(known["chosen"])
+        out = self.work / "logs" / "concurrency.json"
+        command = [self.s.python, "-m", "sdn.reproduce.concurrency", "--arch", self.s.archs[0],
+                   "--device", self.s.device, "--candidates", ",".join(map(str, self.s.auto_candidates)),
+                   "--seconds", str(self.s.auto_seconds), "--batch-size", str(self.s.batch_size),
+                   "--json-out", str(out)]  # fmt: skip
+        started = time.monotonic()
+        try:
+            with open(self.work / "logs" / "concurrency.log", "ab") as handle:
+                subprocess.run(command, env=_env(), stdout=handle, stderr=subprocess.STDOUT, check=True,
+                               timeout=max(self.stop_at - time.monotonic(), 1.0))  # fmt: skip
+            doc = json.loads(out.read_text())
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            log.warning("measuring the jobs at once failed (%s); using %d", error, FALLBACK_JOBS)
+            return FALLBACK_JOBS
+        doc["seconds"] = round(time.monotonic() - started, 1)
+        self.state.data["jobs_auto"] = doc
+        self.state.save()
+        log.info("jobs at once: %d (aggregate images/s by jobs: %s; measured in %.0f s)", doc["chosen"],
+                 doc["rates"], doc["seconds"])  # fmt: skip
+        return int(doc["chosen"])
+
+    # ------------------------------------------------------------------ jobs
+    def command(self, job: Job, phase: str) -> list[str]:
+        run = job.run_dir.as_posix()
+        if phase == "evaluate":
+            return [self.s.python, "-m", "sdn", "evaluate", "--checkpoint", f"{run}/model.pt", "--data", "data",
+                    "--out", f"{run}/outputs.npz", "--device", self.s.device]  # fmt: skip
+        command = [self.s.python, "-m", "sdn", "train", "--recipe", job.variant, "--arch", job.arch, "--data", "data",
+                   "--out", run, "--seed", str(job.seed), "--device", self.s.device,
+                   "--epochs", str(self.s.epochs[job.variant]), "--batch-size", str(self.s.batch_size)]  # fmt: skip
+        if job.parent is not None:
+            command += ["--parent", f"{job.parent.run_dir.as_posix()}/model.pt"]
+        return command + self.s.train_args
+
+    def ready(self, job: Job) -> str | None:
+        """The phase ``job`` can start now, or None."""
+        if job.key in self.running or job.key in self.failed:
+            return None
+        status = job_status(self.work, job, self.state)
+        if status == "evaluated":
+            return None
+        if status == "trained":
+            return "evaluate"
+        parent = job.parent
+        if parent is not None and (
+            parent.key in self.running or not (self.work / parent.run_dir / "model.pt").is_file()
+        ):
+            return None
+        return "train"
+
+    def launch(self, job: Job, phase: str) -> None:
+        (self.work / job.run_dir).mkdir(parents=True, exist_ok=True)
+        log_path = self.work / "logs" / f"{job.arch}_s{job.seed}_{job.variant}.log"
+        handle = open(log_path, "ab")  # noqa: SIM115 (closed when the process is reaped)
+        command = self.command(job, phase)
+        handle.write(f"\n# {now_iso()} {shlex.join(command)}\n".encode())
+        handle.flush()
+        process = subprocess.Popen(
+            command, cwd=self.work, env=_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.running[job.key] = Running(job, phase, process, time.monotonic(), now_iso(), handle)
+        log.info("start %-8s %s", phase, job.key)
+
+    def reap(self, item: Running, rc: int, stopped: bool = False) -> None:
+        seconds = time.monotonic() - item.started
+        item.log_file.close()
+        del self.running[item.job.key]
+        segment = {"phase": item.phase, "started": item.started_at, "seconds": round(seconds, 2), "rc": rc}
+        if stopped:
+            segment["stopped"] = True
+        self.state.add_segment(item.job, segment)
+        if stopped:
+            log.info("stopped %-6s %s after %.0f s (budget)", item.phase, item.job.key, seconds)
+            return
+        if rc != 0:
+            self.failed[item.job.key] = f"{item.phase} exited with {rc}"
+            log.warning("FAILED %s %s (rc %d); see logs/%s_s%d_%s.log", item.phase, item.job.key, rc,
+                        item.job.arch, item.job.seed, item.job.variant)  # fmt: skip
+            return
+        log.info("done  %-8s %s in %.0f s", item.phase, item.job.key, seconds)
+        if item.phase == "evaluate":
+            self.state.job(item.job)["evaluated"] = True
+            self.state.save()
+            try:
+                self.publish(item.job)
+            except (OSError, ValueError) as error:
+                self.failed[item.job.key] = f"publish failed: {error}"
+                log.warning("FAILED publish %s: %s", item.job.key, error)
+
+    def stop_all(self) -> None:
+        for item in list(self.running.values()):
+            _signal_group(item.process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for item in list(self.running.values()):
+            try:
+                rc = item.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                _signal_group(item.process, signal.SIGKILL)
+                rc = item.process.wait()
+            self.reap(item, rc, stopped=True)
+        if self.running:  # reap() removes each; anything left would be a bug
+            raise RuntimeError(f"jobs still running after stop: {sorted(self.running)}")
+
+    def schedule(self) -> None:
+        """Run jobs until all are done or failed, or the budget is spent."""
+        while True:
+            for item in list(self.running.values()):
+                rc = item.process.poll()
+                if rc is not None:
+                    self.reap(item, rc)
+            if time.monotonic() >= self.stop_at or self.stop_requested:
+                reason = "stop requested" if self.stop_requested else "budget reached"
+                if self.running:
+                    log.info("%s: stopping %d running job(s)", reason, len(self.running))
+                self.stop_all()
+                self.call["stopped"] = reason
+                return
+            for job in self.jobs:
+                if len(self.running) >= self.slots:
+                    break
+                phase = self.ready(job)
+                if phase is not None:
+                    self.launch(job, phase)
+            if not self.running:
+                return
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------------ publishing and packing
+    def published_root(self) -> Path:
+        return self.work / "published"
+
+    def publish(self, job: Job) -> None:
+        entry = self.state.job(job)
+        provenance = {
+            "dataset": self.s.dataset,
+            "arch": job.arch,
+            "seed": job.seed,
+            "variant": job.variant,
+            "code": publish.code_version(REPO),
+            "environment": self.environment,
+            "device": self.s.device,
+            "epochs": self.s.epochs[job.variant],
+            "batch_size": self.s.batch_size,
+            "train_args": self.s.train_args,
+            "prepare_args": self.s.prepare_args,
+            "wall_s": {
+                "train": round(self.state.wall_seconds(job, "train"), 1),
+                "evaluate": round(self.state.wall_seconds(job, "evaluate"), 1),
+            },
+            "segments": entry["segments"],
+            "concurrent_jobs": self.slots,
+        }
+        dest = self.published_root() / "reproduction" / self.s.dataset / job.arch / f"s{job.seed}" / job.variant
+        publish.publish_run(self.work / job.run_dir, dest, provenance, top_k=self.s.top_k)
+        entry["published"] = True
+        self.state.save()
+
+    def summary(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.start
+        self.call["wall_s"] = round(wall, 1)
+        jobs = {}
+        for job in self.jobs:
+            status = job_status(self.work, job, self.state)
+            jobs[job.key] = {
+                "status": "failed" if job.key in self.failed else status,
+                "error": self.failed.get(job.key),
+                "train_wall_s": round(self.state.wall_seconds(job, "train"), 1),
+                "evaluate_wall_s": round(self.state.wall_seconds(job, "evaluate"), 1),
+                "segments": len(self.state.job(job)["segments"]),
+            }
+        done = sum(1 for j in jobs.values() if j["status"] == "evaluated")
+        return {
+            "dataset": self.s.dataset,
+            "archs": self.s.archs,
+            "seeds": self.s.seeds,
+            "complete": done == len(jobs),
+            "jobs_done": done,
+            "jobs_total": len(jobs),
+            "call_wall_s": round(wall, 1),
+            "grid_wall_s": round(sum(c.get("wall_s", 0.0) for c in self.state.data["calls"]), 1),
+            "calls": self.state.data["calls"],
+            "jobs": jobs,
+            "environment": self.environment,
+            "code": publish.code_version(REPO),
+            "data": self.state.data.get("prepared"),  # archive name and sha256, prepare-data options
+        }
+
+    def resume_members(self) -> list[str]:
+        members = [STATE_FILE]
+        for job in self.jobs:
+            run = job.run_dir
+            status = job_status(self.work, job, self.state)
+            keep_parent = job.variant == "cnn" and any(
+                j.parent == job and job_status(self.work, j, self.state) != "evaluated" for j in self.jobs
+            )
+            if status == "partial":
+                members.append((run / "last.pt").as_posix())
+            elif status == "trained" or (status == "evaluated" and keep_parent):
+                members += [(run / n).as_posix() for n in ("model.pt", "meta.json", "history.csv")]
+        return [m for m in members if (self.work / m).is_file()]
+
+    def pack(self, summary: dict[str, Any]) -> None:
+        out = self.s.out
+        out.mkdir(parents=True, exist_ok=True)
+        part = int(self.s.part_mib * pack.MIB)
+        root = self.published_root()
+        grid_file = root / "reproduction" / self.s.dataset / "grid.json"
+        io.write_json(grid_file, summary)
+        published = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
+        published_parts = math.ceil(pack.archive_size(root, published) / part)
+        members = self.resume_members()
+        limit = min(self.s.resume_max_mib * pack.MIB, (self.s.max_files - 2 - published_parts) * part)
+        dropped = []
+        while len(members) > 1 and pack.archive_size(self.work, members) > limit:
+            largest = max(members[1:], key=lambda m: (self.work / m).stat().st_size)
+            members.remove(largest)
+            dropped.append(largest)
+        if dropped:
+            log.warning("left out of resume.tar (too large for %d files of %.0f MiB): %s",
+                        self.s.max_files, self.s.part_mib, ", ".join(dropped))  # fmt: skip
+        summary["resume_left_out"] = dropped
+        summary["published_parts"] = published_parts
+        if published_parts > self.s.max_files - 3:
+            log.warning("published.tar needs %d parts: more than %d files in OUT", published_parts, self.s.max_files)
+        io.write_json(grid_file, summary)
+        pack.pack(root, published, out, "published", part)
+        pack.pack(self.work, members, out, "resume", part)
+        io.write_json(out / "grid.json", summary)
+
+    # ------------------------------------------------------------------ all of it
+    def run(self) -> dict[str, Any]:
+        self.environment = publish.environment()
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            self.prepare_data()
+            if not self.stop_requested:
+                self.slots = self.resolve_jobs()
+                self.call["jobs"] = self.slots
+                self.schedule()
+        finally:
+            self.stop_all()
+            summary = self.summary()
+            self.pack(summary)
+            self.state.save()
+        log.info("%d/%d jobs done; this call %.0f s, grid %.0f s", summary["jobs_done"], summary["jobs_total"],
+                 summary["call_wall_s"], summary["grid_wall_s"])  # fmt: skip
+        return summary
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the job's own session (start_new_session): only what we started
+    except ProcessLookupError:
+        pass
+
+
+def _env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "SDN_TRACKING": "off",
+    }
+
+
+def _plain_settings(s: Settings) -> dict[str, Any]:
+    """The settings as JSON; paths by their last part only (grid.json is published: no machine's folders in it)."""
+    plain = {k: (v.name if isinstance(v, Path) else v) for k, v in vars(s).items()}
+    plain["python"] = Path(s.python).name
+    return plain

@@ -1,0 +1,115 @@
+"""Paper vs ours on a hand-made results tree: means and standard deviations over seeds, verdicts, the README block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdn import io
+from sdn.report import paper
+from sdn.report.collect import collect
+
+
+def _early_exit(reduction: float, accuracy: float, final: float) -> dict:
+    entry = {"status": "ok", "test_reduction_percent": reduction, "test_accuracy": accuracy}
+    return {"tolerance": 0.5, "final_test_accuracy": final, "policies": {"confidence": {"tolerance": entry}}}
+
+
+def _results(root: Path) -> Path:
+    """cifar10 resnet56, seeds 0 and 1 (cnn, ic_only, sdn); cifar100 mobilenet seed 0 (sdn only); a backdoor run."""
+    ics = [70, 80, 85, 88, 90, 91]
+    runs = {
+        ("cifar10", "resnet56", 0): {"cnn": [92.5], "ic_only": [60, *ics[1:], 92.5], "sdn": [*ics, 92]},
+        ("cifar10", "resnet56", 1): {"cnn": [92.9], "ic_only": [62, *ics[1:], 92.9], "sdn": [72, *ics[1:], 93]},
+        ("cifar100", "mobilenet", 0): {"sdn": [40, 50, 55, 60, 62, 64, 65]},
+    }
+    reductions = {("cifar10", 0): 58.0, ("cifar10", 1): 62.0, ("cifar100", 0): 30.0}
+    for (dataset, arch, seed), variants in runs.items():
+        for variant, top1 in variants.items():
+            folder = root / dataset / arch / f"s{seed}" / variant
+            io.write_json(folder / "meta.json", {"arch": arch})
+            io.write_json(folder / "metrics.json", {"splits": {"test": {"top1": top1}}})
+            if variant == "cnn":
+                continue
+            analysis = folder / "analysis"
+            final = top1[-1]
+            io.write_json(
+                analysis / "early_exit" / "summary.json",
+                _early_exit(reductions[(dataset, seed)], final - 0.3, final),
+            )
+            io.write_json(
+                analysis / "overthinking" / "summary.json",
+                {"early_correct_share": 0.90 + 0.02 * seed, "destructive_share_of_errors": 0.40},
+            )
+            io.write_json(
+                analysis / "confusion" / "summary.json",
+                {"confusion_mean_correct": -0.3, "confusion_mean_wrong": 1.2, "auroc_confusion": 0.8},
+            )
+    io.write_json(
+        root / "cifar10" / "vgg16bn" / "s0" / "backdoor" / "summary.json",
+        {"cnn": {"triggered_accuracy": 10.0}, "early_exit": {"triggered": {"accuracy": 80.0}}},
+    )
+    return root
+
+
+def test_means_and_standard_deviations_over_seeds(tmp_path: Path) -> None:
+    found = collect(_results(tmp_path))
+    rows = {(r.dataset, r.arch, r.variant): r for r in paper.early_exit_rows(found)}
+    c10 = rows[("cifar10", "resnet56", "sdn")]
+    assert c10.value == pytest.approx(60.0)
+    assert c10.ours.startswith("60.0 ± 2.8% (n=2) less cost at -0.30 ± 0.00 points")  # sd of 58 and 62: 2.83
+    assert c10.verdict == "reproduced" and c10.paper == "> 50% less cost at no accuracy loss"
+    c100 = rows[("cifar100", "mobilenet", "sdn")]
+    assert "(n=" not in c100.ours  # one seed: no sd
+    assert c100.verdict.startswith("partly: 30% is less than")
+    cnn = next(r for r in paper.per_exit_rows(found) if r.variant == "cnn")
+    assert cnn.ours == "n=2: final 92.7 ± 0.3"
+    assert cnn.verdict == "in line with the literature" and "not the paper" in cnn.paper
+
+
+def test_overthinking_backdoor_confusion_verdicts(tmp_path: Path) -> None:
+    found = collect(_results(tmp_path))
+    over = {(r.arch, r.variant, r.measure.split(":")[0]): r for r in paper.overthinking_rows(found)}
+    wasteful = over[("resnet56", "ic_only", "wasteful")]
+    assert wasteful.value == pytest.approx(91.0) and wasteful.verdict == "matches the paper's upper end"
+    assert over[("resnet56", "sdn", "destructive")].verdict == "matches the paper's upper end"
+    (backdoor,) = paper.backdoor_rows(found)
+    assert backdoor.verdict == "reproduced" and backdoor.ours.startswith("10.0% -> 80.0%")
+    assert all(r.verdict.startswith("holds") for r in paper.confusion_rows(found))
+    headline = paper.headline_rows(found)
+    cost = {(r.dataset, r.variant): r for r in headline if r.measure == "cost reduction"}
+    assert cost[("cifar10", "sdn")].verdict == "reproduced"
+    assert cost[("cifar100", "sdn")].verdict == "reproduced for 0 of 1 networks"
+    largest = next(r for r in headline if r.measure == "wasteful")
+    assert largest.ours.startswith("largest mean over seeds 91.0% (cifar10 resnet56")  # 90 and 92
+
+
+def test_no_number_is_invented_for_unknown_cells(tmp_path: Path) -> None:
+    found = collect(_results(tmp_path))
+    for row in paper.per_exit_rows(found):
+        if row.variant != "cnn":
+            assert row.paper.startswith("table not available") and row.verdict == "—"
+    numbers = {c.value for c in paper.CLAIMS.values() if c.value is not None}
+    assert numbers == {50.0, 25.0, 95.0, 12.0, 84.0}
+
+
+def test_readme_block_is_rewritten_between_the_markers(tmp_path: Path) -> None:
+    found = collect(_results(tmp_path / "results"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{paper.README_START}\nold table\n{paper.README_END}\nafter\n")
+    block = paper.paper_markdown(found, heading_level=3)
+    assert paper.update_readme(readme, block)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    assert "### Paper vs ours" in text and "| cifar10 | resnet56 |" in text
+    assert not paper.update_readme(readme, block)  # unchanged the second time
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="has no '<!-- paper-vs-ours:start -->'"):
+        paper.update_readme(readme, block)
+
+
+def test_empty_results_say_nothing_was_run(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    text = paper.paper_markdown(collect(tmp_path / "empty"))
+    assert "_nothing to compare yet (not run)_" in text

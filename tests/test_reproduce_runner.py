@@ -1,0 +1,260 @@
+"""``scripts/gpu-reproduce.sh`` / ``sdn.reproduce.runner`` on the CPU: job order, the time budget, stopping, packing
+within the size limits, and a cut grid finished by a second call on another work folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_bench import _fake_cifar_archive
+
+from sdn.reproduce import ingest, pack, publish
+from sdn.reproduce.grid import Job, grid_jobs
+from sdn.reproduce.runner import Runner, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_grid_order_and_parents() -> None:
+    jobs = grid_jobs(["resnet56", "mobilenet"], [0, 1])
+    assert [j.variant for j in jobs] == ["cnn"] * 4 + ["sdn"] * 4 + ["ic_only"] * 4
+    assert jobs[0] == Job("resnet56", 0, "cnn")
+    assert Job("mobilenet", 1, "ic_only").parent == Job("mobilenet", 1, "cnn")
+    assert Job("mobilenet", 1, "ic_only").run_dir == Path("runs/mobilenet/s1/ic_only")
+    with pytest.raises(ValueError, match="ic_only needs cnn"):
+        grid_jobs(["resnet56"], [0], ("ic_only", "sdn"))
+
+
+def _settings(tmp_path: Path, **changes: object) -> Settings:
+    base = dict(out=tmp_path / "out", dataset="cifar10", archs=["resnet56"], seeds=[0], work=tmp_path / "work",
+                archive=None, device="cpu", jobs=2, budget_s=60.0, reserve_s=1.0)  # fmt: skip
+    return Settings(**{**base, **changes})  # type: ignore[arg-type]
+
+
+FAKE_JOB = """
+import sys, time, pathlib
+phase, run = sys.argv[1], pathlib.Path(sys.argv[2])
+time.sleep(float(sys.argv[3]))
+run.mkdir(parents=True, exist_ok=True)
+(run / ("model.pt" if phase == "train" else "outputs.npz")).write_text("x")
+"""
+
+
+def _fake_commands(monkeypatch: pytest.MonkeyPatch, seconds: float, launched: list[tuple[str, str]]) -> None:
+    def command(self: Runner, job: Job, phase: str) -> list[str]:
+        launched.append((phase, job.key))
+        return [sys.executable, "-c", FAKE_JOB, phase, job.run_dir.as_posix(), str(seconds)]
+
+    monkeypatch.setattr(Runner, "command", command)
+    monkeypatch.setattr(Runner, "publish", lambda self, job: None)
+
+
+def test_jobs_run_in_dependency_order_and_are_not_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launched: list[tuple[str, str]] = []
+    _fake_commands(monkeypatch, 0.2, launched)
+    runner = Runner(_settings(tmp_path))
+    (runner.work / "logs").mkdir()
+    runner.schedule()
+    keys = [f"{phase} {key}" for phase, key in launched]
+    assert sorted(keys) == sorted(
+        f"{p} resnet56/s0/{v}" for p in ("train", "evaluate") for v in ("cnn", "sdn", "ic_only")
+    )
+    assert keys.index("train resnet56/s0/ic_only") > keys.index("train resnet56/s0/cnn")
+    assert all(runner.state.job(j)["evaluated"] for j in runner.jobs)
+    launched.clear()
+    again = Runner(_settings(tmp_path))  # same work folder: everything is done
+    again.schedule()
+    assert launched == []
+    assert len(again.state.data["calls"]) == 2
+
+
+def test_budget_stops_running_jobs_and_starts_no_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launched: list[tuple[str, str]] = []
+    _fake_commands(monkeypatch, 120.0, launched)
+    runner = Runner(_settings(tmp_path, budget_s=3.0, reserve_s=1.0))
+    (runner.work / "logs").mkdir()
+    started = time.monotonic()
+    runner.schedule()
+    assert time.monotonic() - started < 2.0 + 10.0  # stopped at the budget (less reserve), not after 120 s
+    assert runner.call["stopped"] == "budget reached"
+    assert sorted(key for _, key in launched) == ["resnet56/s0/cnn", "resnet56/s0/sdn"]  # 2 slots; ic_only waits
+    for key in ("resnet56/s0/cnn", "resnet56/s0/sdn"):
+        (segment,) = runner.state.data["jobs"][key]["segments"]
+        assert segment["stopped"] is True and segment["phase"] == "train"
+    assert not runner.running
+
+
+def test_pack_leaves_out_checkpoints_that_do_not_fit(tmp_path: Path) -> None:
+    runner = Runner(_settings(tmp_path, part_mib=0.01, max_files=4, resume_max_mib=1.0))
+    for variant, size in (("cnn", 30_000), ("sdn", 5_000)):
+        run = runner.work / "runs" / "resnet56" / "s0" / variant
+        run.mkdir(parents=True)
+        (run / "last.pt").write_bytes(np.random.default_rng(0).bytes(size))
+    runner.environment = {}
+    summary = runner.summary()
+    runner.pack(summary)
+    assert summary["resume_left_out"] == ["runs/resnet56/s0/cnn/last.pt"]
+    files = sorted(p.name for p in runner.s.out.iterdir())
+    assert len(files) <= 4 and all(
+        (runner.s.out / f).stat().st_size <= 0.01 * pack.MIB for f in files if ".tar." in f
+    )
+    names = pack.unpack(runner.s.out, "resume", tmp_path / "back")
+    assert sorted(names) == ["runs/resnet56/s0/sdn/last.pt", "state.json"]
+    assert json.loads((runner.s.out / "grid.json").read_text())["jobs"]["resnet56/s0/sdn"]["status"] == "partial"
+
+
+def _script(out: Path, work: Path, archive: Path, **env: str) -> subprocess.Popen[str]:
+    environment = {**os.environ, "SMALL": "1", "DEVICE": "cpu", "JOBS": "2", "EPOCHS_CNN": "3", "EPOCHS_IC": "1",
+                   "EPOCHS_SDN": "1", "BATCH": "32", "ARCHIVE": str(archive), "WORK": str(work),
+                   "PYTHON": sys.executable, "BUDGET_S": "1200", "RESERVE_S": "5", **env}  # fmt: skip
+    return subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "gpu-reproduce.sh"), str(out), "cifar10", "resnet56", "0"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_cut_grid_resumes_on_a_second_call_and_publishes(tmp_path: Path) -> None:
+    archive = tmp_path / "c10.tar.gz"
+    _fake_cifar_archive(archive, train_per_class=50, test_per_class=10)
+    first = _script(tmp_path / "out1", tmp_path / "work1", archive)
+    last = tmp_path / "work1" / "runs" / "resnet56" / "s0" / "cnn" / "last.pt"
+    deadline = time.monotonic() + 600
+    while not last.exists():  # the CNN finished an epoch: cut the grid now, as the budget would
+        assert first.poll() is None, first.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    log1 = first.communicate(timeout=120)[0]
+    assert first.returncode == 0, log1
+    grid1 = json.loads((tmp_path / "out1" / "grid.json").read_text())
+    assert not grid1["complete"] and grid1["calls"][-1]["stopped"] == "stop requested"
+    assert grid1["jobs"]["resnet56/s0/cnn"]["status"] == "partial"
+    assert "runs/resnet56/s0/cnn/last.pt" in pack.unpack(tmp_path / "out1", "resume", tmp_path / "peek")
+
+    # a fresh machine: another work folder, the state carried in from the first call's OUT
+    second = _script(tmp_path / "out2", tmp_path / "work2", archive, RESUME_FROM=str(tmp_path / "out1"))
+    log2 = second.communicate(timeout=1200)[0]
+    assert second.returncode == 0, log2
+    grid2 = json.loads((tmp_path / "out2" / "grid.json").read_text())
+    assert grid2["complete"], grid2["jobs"]
+    assert len(grid2["calls"]) == 2 and grid2["grid_wall_s"] >= grid2["call_wall_s"]
+    cnn_log = (tmp_path / "work2" / "logs" / "resnet56_s0_cnn.log").read_text()
+    assert "resuming cnn" in cnn_log
+    history = (tmp_path / "work2" / "runs" / "resnet56" / "s0" / "cnn" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]  # every epoch exactly once
+
+    repo = tmp_path / "repo"
+    for out in ("out1", "out2"):
+        ingest.ingest(tmp_path / out, repo)
+    publish.verify(repo / "reproduction")
+    runs = repo / "reproduction" / "cifar10" / "resnet56" / "s0"
+    assert sorted(p.name for p in runs.iterdir()) == ["cnn", "ic_only", "sdn"]
+    provenance = publish.read_provenance(runs / "cnn")
+    assert provenance["wall_s"]["train"] > 0 and len(provenance["checkpoint"]["sha256"]) == 64
+    assert provenance["environment"]["torch"] and provenance["code"]["source_sha256"]
+    with np.load(runs / "sdn" / "outputs.npz") as data:
+        assert data["test_logits"].dtype == np.float16 and data["test_logits"].shape[0] == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--archs", "resnet57"], "--archs: unknown ['resnet57']"),
+        (["--archs", "resnet56", "--seeds", "a"], "--seeds must be integers"),
+        (["--archs", "resnet56", "--budget-s", "10", "--reserve-s", "20"], "--budget-s > --reserve-s"),
+        (["--archs", "resnet56", "--jobs", "0"], "--jobs wants a positive count or 'auto'"),
+    ],
+)
+def test_runner_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sdn.reproduce.cli", "--out", str(tmp_path), "--dataset", "cifar10", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_missing_archive_is_named(tmp_path: Path) -> None:
+    runner = Runner(_settings(tmp_path, archive=tmp_path / "nope.tar.gz"))
+    with pytest.raises(FileNotFoundError, match=r"nope.tar.gz not found \(ARCHIVE="):
+        runner.prepare_data()
+
+
+def test_script_reports_a_missing_archive_and_still_packs(tmp_path: Path) -> None:
+    env = {**os.environ, "ARCHIVE": str(tmp_path / "none.tar.gz"), "WORK": str(tmp_path / "work"), "DEVICE": "cpu"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-reproduce.sh"), str(tmp_path / "out"), "cifar10", "resnet56"],
+        env={**env, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "none.tar.gz not found" in result.stderr, result.stderr
+    assert (tmp_path / "out" / "grid.json").is_file() and (tmp_path / "out" / "resume.tar.00").is_file()
+
+
+def test_resume_from_is_ignored_when_the_work_folder_has_a_state(tmp_path: Path) -> None:
+    first = Runner(_settings(tmp_path, work=tmp_path / "a"))
+    first.environment = {}
+    first.pack(first.summary())  # OUT: a resume pack holding a's state
+    Runner(_settings(tmp_path, work=tmp_path / "b"))  # b has its own state now
+    second = Runner(_settings(tmp_path, work=tmp_path / "b", resume_from=tmp_path / "out"))
+    assert len(second.state.data["calls"]) == 2  # b's own two calls, not a's one
+    fresh = Runner(_settings(tmp_path, work=tmp_path / "c", resume_from=tmp_path / "out"))
+    assert len(fresh.state.data["calls"]) == 2  # a's call, carried in, and this one
+
+
+def test_choose_jobs_moves_up_only_for_a_real_gain() -> None:
+    from sdn.reproduce.concurrency import choose_jobs
+
+    assert choose_jobs({1: 100.0, 2: 180.0, 3: 200.0, 4: 205.0}) == 3  # 4 adds only 2.5%
+    assert choose_jobs({1: 100.0, 2: 98.0, 3: 120.0}) == 3  # a dip at 2 does not stop the walk
+    assert choose_jobs({1: 100.0, 2: 103.0}) == 1
+    with pytest.raises(ValueError, match="no measured rates"):
+        choose_jobs({})
+
+
+def test_jobs_auto_is_measured_once_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        calls.append(command)
+        out = Path(command[command.index("--json-out") + 1])
+        out.write_text(json.dumps({"rates": {"1": 100.0, "2": 150.0}, "chosen": 2}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    runner = Runner(_settings(tmp_path, jobs=0))
+    (runner.work / "logs").mkdir()
+    assert runner.resolve_jobs() == 2
+    assert Runner(_settings(tmp_path, jobs=0)).resolve_jobs() == 2 and len(calls) == 1  # kept in state.json
+    assert calls[0][2] == "sdn.reproduce.concurrency" and "resnet56" in calls[0]
+
+
+def test_prepared_data_is_reused_by_a_later_call(tmp_path: Path) -> None:
+    archive = tmp_path / "c10.tar.gz"
+    _fake_cifar_archive(archive, train_per_class=10, test_per_class=4)
+    settings = _settings(tmp_path, archive=archive, prepare_args=["--holdout", "6"])
+    first = Runner(settings)
+    (first.work / "logs").mkdir()
+    first.prepare_data()
+    meta = first.work / "data" / "meta.json"
+    assert json.loads(meta.read_text())["sizes"] == {"train": 24, "holdout": 6, "test": 12}
+    assert not (first.work / "raw").exists()  # the extracted images are removed
+    stamp = meta.stat().st_mtime_ns
+    second = Runner(settings)
+    second.prepare_data()
+    assert meta.stat().st_mtime_ns == stamp and "prepare_s" not in second.call
