@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdn.bench import PAPER_EPOCHS, project_paper_grid
+from sdn.bench import project_paper_grid
+from sdn.config import PAPER_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from test_workflow import REPO, run_snakemake
+
+REPO = Path(__file__).resolve().parents[1]
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -58,11 +59,11 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
-def test_bad_config_fails_before_any_job_naming_the_key(case: str, tmp_path: Path) -> None:
+def test_bad_config_fails_before_any_job_naming_the_key(snakemake, case: str, tmp_path: Path) -> None:
     config, expected = BAD_CONFIGS[case]
     configfile = tmp_path / "bad.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    done = run_snakemake(tmp_path, "--cores", "1", configfile=configfile)
+    done = snakemake(tmp_path, "--cores", "1", configfile=configfile)
     message = done.stdout + done.stderr
     assert done.returncode != 0
     for fragment in expected:
@@ -71,11 +72,11 @@ def test_bad_config_fails_before_any_job_naming_the_key(case: str, tmp_path: Pat
     assert not (tmp_path / "results").exists()
 
 
-def test_omitted_keys_take_the_schema_defaults(tmp_path: Path) -> None:
+def test_omitted_keys_take_the_schema_defaults(snakemake, tmp_path: Path) -> None:
     minimal = {"seeds": [0], "archs": ["mobilenet"], "datasets": {"digits": {"source": "digits"}}}
     configfile = tmp_path / "minimal.yaml"
     configfile.write_text(yaml.safe_dump(minimal))
-    done = run_snakemake(tmp_path, "-n", "--printshellcmds", configfile=configfile)
+    done = snakemake(tmp_path, "-n", "--printshellcmds", configfile=configfile)
     assert done.returncode == 0, done.stderr
     assert "--policies confidence,entropy,patience --budgets 0.25,0.5,0.75 --fallback final --tolerance 0.5" in (
         done.stdout

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from sdn.outputs import exit_names
 from sdn.report.collect import ANALYSES, VARIANTS, Collection, RunKey, VariantResult
 
 VARIANT_NAMES: dict[str, str] = {
@@ -56,10 +57,6 @@ def dig(doc: Any, *path: Any) -> Any:
 
 def _key_cols(key: RunKey) -> dict[str, Any]:
     return {"dataset": key.dataset, "arch": key.arch, "seed": key.seed}
-
-
-def exit_names(num_exits: int) -> list[str]:
-    return [f"IC{i + 1}" for i in range(num_exits - 1)] + ["final"]
 
 
 def fmt(value: Any, digits: int = 1) -> str:
