@@ -2,7 +2,8 @@
 
 ``model.pt`` is ``{"state_dict": ..., "meta": ...}`` (tensors on the CPU); ``meta.json`` beside it is the same meta
 as JSON (arch, recipe, seed, exit positions, per-exit cost, holdout accuracy, commit, ...); ``history.csv`` has one
-row per epoch. ``last.pt`` is the resume state written after every epoch and removed when ``model.pt`` lands.
+row per epoch. ``last.pt`` is the resume state written after every epoch (model, optimizer, scheduler, history and
+the RNG state of :func:`get_rng_state`) and removed when ``model.pt`` lands.
 Every file is written atomically (:mod:`sdn.io`). The layout is described in docs/internals.md.
 """
 
@@ -13,10 +14,12 @@ import csv
 import dataclasses
 import io as _io
 import os
+import random
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sdn import io
@@ -110,6 +113,36 @@ def load_resume_state(out_dir: str | os.PathLike[str], device: str | torch.devic
     """The ``last.pt`` of ``out_dir`` mapped to ``device``, or None when there is none."""
     path = Path(out_dir) / LAST
     return io.load_torch(path, map_location=device) if path.is_file() else None
+
+
+def get_rng_state() -> dict[str, Any]:
+    """torch / numpy / random (and CUDA) generator states, as tensors and plain data (``weights_only`` loads them)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "random": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def history_csv(history: list[dict[str, float]]) -> str:

@@ -2,6 +2,7 @@
 
 Units in every table: accuracies and shares in percent, costs as percent of the CNN's cost, AUROC in [0, 1].
 Missing inputs show as empty cells (CSV) or "—" (Markdown), and the status table says what was not run.
+About 500 lines: every table is a short function of the Collection, kept together with the text that cites them.
 """
 
 from __future__ import annotations

@@ -45,15 +45,12 @@ def run_dir(variant: str = "{variant}") -> str:
 
 RUN = run_dir()
 
-for index, arch in enumerate(ARCHS):
-    if arch not in KNOWN_ARCHS:
-        raise ValueError(
-            f"config['archs'][{index}]: {arch!r} is not one of {KNOWN_ARCHS} (the architectures registered in "
-            "sdn.models; see `sdn archs`)"
-        )
-if BACKDOOR["enabled"] and BACKDOOR.get("arch") not in (None, *KNOWN_ARCHS):
-    raise ValueError(f"config['backdoor']['arch']: {BACKDOOR['arch']!r} is not one of {KNOWN_ARCHS}")
-
+# The schema checks that archs are names; the registry says which names exist.
+CONFIGURED_ARCHS = [(f"['archs'][{i}]", a) for i, a in enumerate(ARCHS)]
+CONFIGURED_ARCHS.append(("['backdoor']['arch']", BACKDOOR.get("arch")))
+for key, arch in CONFIGURED_ARCHS:
+    if arch not in (*KNOWN_ARCHS, None):
+        raise ValueError(f"config{key}: {arch!r} is not one of {KNOWN_ARCHS} (registered in sdn.models: `sdn archs`)")
 if BACKDOOR["enabled"] and BACKDOOR.get("dataset") not in config["datasets"]:
     raise ValueError(
         f"config key backdoor.dataset={BACKDOOR.get('dataset')!r} must name one of the configured datasets "
@@ -68,7 +65,7 @@ wildcard_constraints:
     arch="|".join(KNOWN_ARCHS),
     seed="[0-9]+",
     variant="|".join(VARIANTS),
-    analysis="early_exit|overthinking|confusion|calibration",
+    analysis="|".join(ANALYSES),
 
 
 # --- the environment every job inherits -------------------------------------------------------------------
