@@ -7,7 +7,7 @@ retried with backoff. Any other tracking failure (no mlflow installed, server un
 logged warning: the journal stays on disk with ``"synced": false`` and ``sdn sync-mlflow`` uploads it later.
 
 This is the only module that imports mlflow, and only inside functions, so ``import sdn`` stays fast and works
-where mlflow is absent.
+where mlflow is absent. (That is also why it is over 500 lines: every MLflow call of the project lives here.)
 
 Environment:
     SDN_TRACKING=off         no journal, no MLflow
