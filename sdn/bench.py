@@ -11,6 +11,9 @@ Images/s are medians over timed windows after a warm-up. An epoch's time is proj
 with CIFAR-10's sizes, which is what the paper grid's projection uses. Optionally several fast-engine SDN-training
 processes also run at once on the device (what the workflow does with more ``gpu`` slots than GPUs), and their
 aggregate rate against one job's is the concurrency gain the projection credits.
+
+Somewhat over 500 lines: the reference and fast measurements sit side by side on purpose, so that what differs
+between the two engines is visible in one file.
 """
 
 from __future__ import annotations
@@ -27,23 +30,28 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch import nn
 
-from sdn.config import Recipe, paper_recipe
-from sdn.cost import profile_model
+from sdn.config import PAPER_EPOCHS, Recipe, paper_recipe
 from sdn.data import DatasetInfo, DeviceLoader, TensorSplit
 from sdn.graphs import GraphedTrainStep
 from sdn.models import MultiExitNet
+from sdn.models.cost import profile_model
 from sdn.reference import reference_loader
-from sdn.train import build_model, build_optimizer, exit_weights, freeze_backbone, loss_fn, set_train_mode
+from sdn.train import (
+    build_model,
+    build_optimizer,
+    exit_weights,
+    freeze_backbone,
+    loss_fn,
+    set_train_mode,
+    trainable_parameters,
+)
 
 log = logging.getLogger(__name__)
 
 # CIFAR-10 with a 5,000-image held-out split (the fast engine's per-epoch evaluation), and the original's
 # per-epoch evaluation of the 10,000 test images and the 50,000 training images.
 EPOCH_SIZES = {"train": 45_000, "holdout": 5_000, "reference_eval": 60_000}
-PAPER_EPOCHS = {"cnn": 100, "ic_only": 25, "sdn": 100}
-ARCHS = ("resnet56", "mobilenet", "vgg16bn", "wrn32_4")
 
 
 @dataclass(frozen=True)
@@ -122,13 +130,10 @@ def _prepare_model(arch: str, recipe: Recipe, settings: BenchSettings, channels_
     return model
 
 
-def _trainable(model: MultiExitNet, recipe: Recipe) -> list[nn.Parameter]:
-    return model.exit_parameters() if recipe.kind == "ic_only" else list(model.parameters())
-
-
 def reference_train_rate(arch: str, recipe: Recipe, split: TensorSplit, info: DatasetInfo, s: BenchSettings) -> float:
     model = _prepare_model(arch, recipe, s, channels_last=False)
-    optimizer = torch.optim.SGD(_trainable(model, recipe), lr=1e-3, momentum=0.9)  # eager, per-parameter loops
+    params = trainable_parameters(model, recipe)
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)  # eager, per-parameter loops
     weights = exit_weights(recipe, 1, model.num_exits)
     set_train_mode(model, recipe)
 
@@ -155,7 +160,7 @@ def fast_train_step(
     """The fast engine's training step, an endless stream of its batches, and whether the CUDA graph is in use."""
     cuda = s.device.type == "cuda"
     model = _prepare_model(arch, recipe, s, channels_last=True)
-    optimizer = build_optimizer(_trainable(model, recipe), recipe, s.device)
+    optimizer = build_optimizer(trainable_parameters(model, recipe), recipe, s.device)
     weights = exit_weights(recipe, 1, model.num_exits)
     set_train_mode(model, recipe)
     loader = DeviceLoader(
@@ -446,15 +451,15 @@ def early_exit_timing(
 
     from sdn.analysis.arrays import softmax
     from sdn.analysis.early_exit import choose_by_tolerance_or_best, simulate, sweep
+    from sdn.checkpoint import load_checkpoint
     from sdn.data import load_prepared
-    from sdn.evaluate import collect_logits
-    from sdn.inference import early_exit_forward, time_inference
-    from sdn.train import load_checkpoint
+    from sdn.inference import collect_logits, early_exit_forward, time_inference
+    from sdn.outputs import exit_cost_arrays
 
     model, meta = load_checkpoint(checkpoint, device)
     model.eval()
     data = load_prepared(data_dir)
-    costs = np.array([e["fraction"] for e in meta["cost"]["exits"]], dtype=np.float64)
+    costs = exit_cost_arrays(meta["cost"], model.num_exits)["exit_fraction"]
 
     def logits_of(split_name: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         split = data.split(split_name)

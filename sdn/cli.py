@@ -38,17 +38,12 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdn",
-        description="Shallow-Deep Networks: train, evaluate and analyse networks with internal classifiers.",
+        description="Shallow-Deep Networks: train, evaluate and analyze networks with internal classifiers.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"sdn.commands.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"sdn.commands.{module_name}":
-                continue  # command not written yet
-            raise
+        module = importlib.import_module(f"sdn.commands.{module_name}")  # a missing module is an error
         command = sub.add_parser(
             module.NAME,
             help=module.HELP,

@@ -20,6 +20,7 @@ RECIPE_KINDS: tuple[str, ...] = ("cnn", "ic_only", "sdn")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 BACKBONE_MODES: tuple[str, ...] = ("eval", "train")
 PAPER_IC_MAX_COEFFS: tuple[float, ...] = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
+PAPER_EPOCHS: dict[str, int] = {"cnn": 100, "ic_only": 25, "sdn": 100}  # per recipe kind
 TAU_START = 0.01
 
 
@@ -131,12 +132,12 @@ def paper_recipe(kind: str, arch: str) -> Recipe:
             lr=1e-3,
             momentum=0.9,
             weight_decay=weight_decay,
-            epochs=25,
+            epochs=PAPER_EPOCHS["ic_only"],
             milestones=(15,),
             gamma=0.1,
             batch_size=128,
         )
-    return Recipe(kind=kind, weight_decay=weight_decay)  # type: ignore[arg-type]
+    return Recipe(kind=kind, weight_decay=weight_decay, epochs=PAPER_EPOCHS[kind])  # type: ignore[arg-type]
 
 
 def ic_loss_weights(epoch: int, epochs: int, max_coeffs: Sequence[float]) -> list[float]:

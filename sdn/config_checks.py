@@ -6,8 +6,7 @@
 * the backdoor target is a class of the backdoor data set and the trigger lies inside its images, where the data
   set's shape is fixed (imagefolder sets are only known once prepared: ``sdn backdoor poison`` checks those).
 
-All problems are reported at once, each naming the config key, the value and the allowed range. No torch import:
-this runs at every Snakemake start.
+All problems are reported at once, each naming the config key, the value and the allowed range.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from sdn.config import PAPER_EPOCHS
 
 # (num_classes, input_size) of the sources whose shape is fixed; kept equal to sdn.data.datasets (tested).
 SOURCE_SHAPES: dict[str, tuple[int, int]] = {
@@ -24,8 +25,6 @@ SOURCE_SHAPES: dict[str, tuple[int, int]] = {
     "digits": (10, 32),
     "synthetic": (4, 32),
 }
-# The paper's epochs per recipe kind (sdn.config.paper_recipe), used when a recipe's epochs is null.
-PAPER_EPOCHS: dict[str, int] = {"cnn": 100, "sdn": 100, "ic_only": 25}
 
 
 class ConfigError(ValueError):

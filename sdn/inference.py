@@ -1,4 +1,6 @@
-"""Online early-exit inference: a batched forward that really stops computing for the samples that have exited.
+"""Inference: every exit's logits over a stream of batches (:func:`collect_logits`), and online early exit.
+
+Online early exit is a batched forward that really stops computing for the samples that have exited.
 
 At every internal classifier the policy (see :mod:`sdn.analysis.early_exit`) is applied to the still-active rows;
 those that fire get their answer and are dropped from the batch (``index_select`` of the remaining rows), so the
@@ -10,14 +12,48 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from sdn.analysis.early_exit import check_fallback, check_threshold
 from sdn.models.multiexit import MultiExitNet
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def collect_logits(
+    model: nn.Module, batches: Batches, *, channels_last: bool = False, desc: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``model`` in eval mode over ``batches``; return logits float32 [E, N, K] and labels int64 [N].
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    per_batch: list[list[torch.Tensor]] = []
+    labels: list[torch.Tensor] = []
+    try:
+        for images, targets in tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            outputs = model(images)
+            per_batch.append([o.float().cpu() for o in outputs])
+            labels.append(targets.cpu())
+    finally:
+        model.train(was_training)
+    if not per_batch:
+        return np.zeros((0, 0, 0), dtype=np.float32), np.zeros((0,), dtype=np.int64)
+    num_exits = len(per_batch[0])
+    logits = torch.stack([torch.cat([b[e] for b in per_batch]) for e in range(num_exits)])
+    return logits.numpy().astype(np.float32, copy=False), torch.cat(labels).numpy().astype(np.int64, copy=False)
 
 
 def _fires(probs: torch.Tensor, policy: str, threshold: float | int, run: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ store is opened without it). A journal that cannot be written (disk full) is pat
 in place with its final status, so it never stays "RUNNING" after the job ended.
 
 This is the only module that imports mlflow, and only inside functions, so ``import sdn`` stays fast and works
-where mlflow is absent.
+where mlflow is absent. (That is also why it is over 500 lines: every MLflow call of the project lives here.)
 
 Environment:
     SDN_TRACKING=off         no journal, no MLflow

@@ -1,21 +1,17 @@
-"""The three training recipes (cnn, ic_only, sdn), checkpoints with metadata, and resume after interruption.
+"""The three training recipes (cnn, ic_only, sdn), the training loop, and resume after interruption.
 
 The pieces an engine needs are separate functions (:func:`build_model`, :func:`build_optimizer`,
 :func:`build_scheduler`, :func:`loss_fn`, :func:`train_one_epoch`) so a second data engine can reuse them; only the
-batches differ. :func:`train` ties them together with per-epoch holdout evaluation and checkpointing.
+batches differ. :func:`train` ties them together with per-epoch holdout evaluation and checkpointing (the files
+themselves are :mod:`sdn.checkpoint`'s).
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import dataclasses
-import io as _io
 import logging
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,10 +27,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from sdn import io
+from sdn import checkpoint
 from sdn.config import Recipe, coefficients_for, ic_loss_weights
-from sdn.evaluate import collect_logits, topk_accuracy
+from sdn.inference import collect_logits
 from sdn.models import MultiExitNet, create
+from sdn.outputs import topk_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +82,10 @@ def load_parent(model: MultiExitNet, parent: str | os.PathLike[str], arch: str) 
     path = Path(parent)
     if not path.is_file():
         raise FileNotFoundError(f"parent checkpoint {path} does not exist (ic_only needs a trained cnn model.pt)")
-    payload = io.load_torch(path)
-    meta = payload.get("meta", {})
+    state_dict, meta = checkpoint.read(path)
     if meta.get("arch") not in (None, arch):
         raise ValueError(f"parent checkpoint {path} is a {meta.get('arch')!r}, not a {arch!r}")
-    model.load_backbone_state(payload["state_dict"])
+    model.load_backbone_state(state_dict)
     return meta
 
 
@@ -221,99 +217,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def get_rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "random": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    version, internal, gauss = state["random"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------- metadata and checkpoints
-
-
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def cost_record(model: MultiExitNet, input_size: int) -> dict[str, Any]:
-    """Per-exit params/MACs/ops/fraction from :func:`sdn.cost.profile_model`, as plain data (profiled on a copy)."""
-    from sdn.cost import profile_model
-
-    probe = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    cost = profile_model(probe, input_size)
-    return {
-        "cnn": _plain(cost.cnn),
-        "exits": [_plain(e) for e in cost.exits],
-    }
-
-
-def _plain(record: Any) -> dict[str, Any]:
-    return dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
-
-
-def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[MultiExitNet, dict]:
-    """Rebuild the model recorded in a ``model.pt`` and load its weights strictly; returns (model in eval, meta)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    payload = io.load_torch(path)
-    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
-        raise ValueError(f"{path} is not an sdn checkpoint (expected a dict with 'state_dict' and 'meta')")
-    meta = payload["meta"]
-    positions = list(meta["exit_positions"])
-    model = create(
-        meta["arch"],
-        num_classes=meta["num_classes"],
-        input_size=meta["input_size"],
-        exits=positions if positions else "none",
-        alpha_mode=meta.get("alpha_mode", "bounded"),
-    )
-    model.load_state_dict(payload["state_dict"], strict=True)
-    return model.to(device).eval(), meta
-
-
-def _history_csv(history: list[dict[str, float]]) -> str:
-    buffer = _io.StringIO()
-    if history:
-        writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-    return buffer.getvalue()
-
-
 # ---------------------------------------------------------------- the training run
 
 
@@ -428,14 +331,13 @@ def train(
     if options.cuda_graph and target.type != "cuda":
         raise ValueError(f"cuda_graph needs a CUDA device, but training runs on {target}")
     out = Path(out_dir)
-    last_path, model_path = out / "last.pt", out / "model.pt"
 
     data = load_prepared(data_dir)
     info = data.info
     train_split = data.split("train")
     if max_train_samples is not None:
         train_split = TensorSplit(train_split.images[:max_train_samples], train_split.labels[:max_train_samples])
-    holdout = data.split("holdout") if (Path(data_dir) / "holdout.pt").is_file() else None
+    holdout = data.split("holdout") if data.has_split("holdout") else None
     holdout_batches = holdout_loader(holdout, info, target)
     batches_for = epoch_batches(engine, train_split, info, batch_size=recipe.batch_size, seed=seed, device=target)
 
@@ -460,15 +362,16 @@ def train(
     }
     history: list[dict[str, float]] = []
     start_epoch = 1
-    if last_path.is_file():
-        state = io.load_torch(last_path, map_location=target)
+    state = checkpoint.load_resume_state(out, target)
+    if state is not None:
+        last_path = out / checkpoint.LAST
         _check_resume(state["identity"], identity, last_path)
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
-        set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"])
         log.info("resuming %s from %s after epoch %d", recipe.kind, last_path, state["epoch"])
     step_model: nn.Module = torch.compile(model) if options.compile else model
     graph_step = _graph_step(model, optimizer, recipe, options) if options.cuda_graph else None
@@ -502,17 +405,17 @@ def train(
         }
         row.update({f"holdout_top1_exit{i}": a for i, a in enumerate(accuracy) if a is not None})
         history.append(row)
-        io.save_torch(
+        checkpoint.save_resume_state(
+            out,
             {
                 "identity": identity,
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": get_rng_state(),
+                "rng": checkpoint.get_rng_state(),
                 "history": history,
             },
-            last_path,
         )
         _report_epoch(row, accuracy, recipe.epochs, epochs if progress else None)
         if on_epoch is not None:
@@ -525,13 +428,13 @@ def train(
         "input_size": info.input_size,
         "exits_spec": exits if isinstance(exits, str) else list(exits),
         "alpha_mode": _alpha_mode(model),
-        "cost": cost_record(model, info.input_size),
+        "cost": checkpoint.cost_record(model, info.input_size),
         "holdout_accuracy": [r for k, r in history[-1].items() if k.startswith("holdout_top1_exit")]
         if history
         else [],
         "epochs": recipe.epochs,
         "train_size": int(len(train_split.labels)),
-        "git_commit": git_commit(),
+        "git_commit": checkpoint.git_commit(),
         "engine": engine,
         "device": str(target),
         "channels_last": options.channels_last,
@@ -540,12 +443,7 @@ def train(
         "torch": str(torch.__version__),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    state_dict = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    io.save_torch({"state_dict": state_dict, "meta": meta}, model_path)
-    io.write_json(out / "meta.json", meta)
-    io.write_text(out / "history.csv", _history_csv(history))
-    last_path.unlink(missing_ok=True)
-    return model_path
+    return checkpoint.save(out, model, meta, history)
 
 
 def _graph_step(model: MultiExitNet, optimizer: torch.optim.Optimizer, recipe: Recipe, options: EngineOptions) -> Any:

@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdn.analysis.backdoor import (
-    Trigger,
-    accuracy_per_exit,
-    analyze,
-    apply_trigger,
-    attack_success_per_exit,
-    poison,
-    triggered_split,
-)
+from sdn.analysis.backdoor import accuracy_per_exit, analyze, attack_success_per_exit
 from sdn.data import TensorSplit, load_prepared
+from sdn.data.backdoor import Trigger, apply_trigger, poison, triggered_split
 from sdn.io import save_torch, write_json
 
 
@@ -288,26 +281,23 @@ def test_cli_analyze_writes_summary_csv_and_figure(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------------- end to end
 
 
-def test_end_to_end_poison_train_evaluate_analyze(tmp_path: Path) -> None:
+def test_end_to_end_poison_train_evaluate_analyze(tiny, tmp_path: Path) -> None:
     """Poison a tiny data set, train the backdoored CNN and its IC-only SDN 1 epoch each, evaluate, analyze."""
-    from test_train import TINY_ARCH, ensure_tiny_arch, tiny_recipe
-    from test_train import write_prepared as write_tiny
 
     from sdn.cli import main
     from sdn.evaluate import evaluate
     from sdn.train import train
 
-    ensure_tiny_arch()
-    clean = write_tiny(tmp_path / "clean")
+    clean = tiny.prepared(tmp_path / "clean")
     bd = tmp_path / "bd"
     assert main(["backdoor", "poison", "--data", str(clean), "--out", str(bd), "--target", "1"]) == 0
     assert load_prepared(bd).meta["backdoor"]["trigger"] == {"size": 1, "x": 6, "y": 6, "value": 255}  # 8x8 scaled
     cnn = train(
-        arch=TINY_ARCH, recipe=tiny_recipe("cnn", epochs=1, milestones=()), data_dir=bd, out_dir=tmp_path / "bd_cnn",
+        arch=tiny.ARCH, recipe=tiny.recipe("cnn", epochs=1, milestones=()), data_dir=bd, out_dir=tmp_path / "bd_cnn",
         seed=0, device="cpu",
     )  # fmt: skip
     sdn = train(
-        arch=TINY_ARCH, recipe=tiny_recipe("ic_only", epochs=1, milestones=()), data_dir=clean,
+        arch=tiny.ARCH, recipe=tiny.recipe("ic_only", epochs=1, milestones=()), data_dir=clean,
         out_dir=tmp_path / "bd_ic_only", seed=0, device="cpu", parent=cnn,
     )  # fmt: skip
     splits = ("holdout", "test", "test_triggered")

@@ -10,13 +10,14 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from sdn.bench import PAPER_EPOCHS, project_paper_grid
+from sdn.bench import project_paper_grid
+from sdn.config import PAPER_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,28 +101,10 @@ def test_bench_on_cpu_reports_both_engines_and_sharing(tmp_path: Path) -> None:
     assert "mobilenet  sdn, 2 jobs sharing the device" in result.stdout
 
 
-def _fake_cifar_archive(path: Path, train_per_class: int = 100, test_per_class: int = 20) -> None:
-    """A CIFAR-10-JPEG-shaped archive (cifar10-jpeg/{train,test}/<class>/<n>.jpg) of three noisy colour classes."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    root = path.parent / "tree" / "cifar10-jpeg"
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for k, name in enumerate(("red", "green", "blue")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
-                pixels[..., k] += 150
-                Image.fromarray(pixels).save(folder / f"{i:04d}.jpg")
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(root, arcname="cifar10-jpeg")
-
-
 @pytest.mark.slow
-def test_gpu_bench_script_runs_on_cpu(tmp_path: Path) -> None:
+def test_gpu_bench_script_runs_on_cpu(fake_cifar_archive: Any, tmp_path: Path) -> None:
     archive = tmp_path / "c10.tar.gz"
-    _fake_cifar_archive(archive)
+    fake_cifar_archive(archive)
     out = tmp_path / "out"
     env = {
         **os.environ,
@@ -173,18 +156,15 @@ def test_a_failing_shared_job_is_reported_not_hung() -> None:
 
 
 def test_bench_reports_when_no_threshold_meets_the_tolerance(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A model whose ICs are confidently wrong where the final head is right: no threshold keeps the held-out
     accuracy within the tolerance. The bench says so in its JSON and output, times the best threshold, exits 0."""
-    from test_train import ensure_tiny_arch, tiny_recipe, train_tiny, write_prepared
-
-    import sdn.evaluate
+    import sdn.inference
     from sdn.cli import main
 
-    ensure_tiny_arch()
-    data = write_prepared(tmp_path / "data")
-    checkpoint = train_tiny(data, tmp_path / "run", recipe=tiny_recipe(epochs=1, milestones=()))
+    data = tiny.prepared(tmp_path / "data")
+    checkpoint = tiny.train(data, tmp_path / "run", recipe=tiny.recipe(epochs=1, milestones=()))
 
     def confidently_wrong_ics(model: object, loader: object) -> tuple[np.ndarray, np.ndarray]:
         labels = np.concatenate([y.numpy() for _, y in loader])
@@ -193,7 +173,7 @@ def test_bench_reports_when_no_threshold_meets_the_tolerance(
         logits[-1, np.arange(len(labels)), labels] = 5.0  # the final head is always right
         return logits, labels
 
-    monkeypatch.setattr(sdn.evaluate, "collect_logits", confidently_wrong_ics)
+    monkeypatch.setattr(sdn.inference, "collect_logits", confidently_wrong_ics)
     monkeypatch.setenv("SDN_TRACKING", "off")
     out = tmp_path / "bench.json"
     args = ["bench", "--device", "cpu", "--archs", "", "--recipes", "", "--json-out", str(out)]

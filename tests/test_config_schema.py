@@ -8,10 +8,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from test_workflow import REPO, run_snakemake
 
 from sdn.config import paper_recipe
 from sdn.config_checks import PAPER_EPOCHS, SOURCE_SHAPES, ConfigError, check_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -126,11 +127,11 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
-def test_bad_config_fails_before_any_job_naming_the_key(case: str, tmp_path: Path) -> None:
+def test_bad_config_fails_before_any_job_naming_the_key(snakemake, case: str, tmp_path: Path) -> None:
     config, expected = BAD_CONFIGS[case]
     configfile = tmp_path / "bad.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    done = run_snakemake(tmp_path, "--cores", "1", configfile=configfile)
+    done = snakemake(tmp_path, "--cores", "1", configfile=configfile)
     message = done.stdout + done.stderr
     assert done.returncode != 0
     for fragment in expected:
@@ -139,11 +140,11 @@ def test_bad_config_fails_before_any_job_naming_the_key(case: str, tmp_path: Pat
     assert not (tmp_path / "results").exists()
 
 
-def test_omitted_keys_take_the_schema_defaults(tmp_path: Path) -> None:
+def test_omitted_keys_take_the_schema_defaults(snakemake, tmp_path: Path) -> None:
     minimal = {"seeds": [0], "archs": ["mobilenet"], "datasets": {"digits": {"source": "digits"}}}
     configfile = tmp_path / "minimal.yaml"
     configfile.write_text(yaml.safe_dump(minimal))
-    done = run_snakemake(tmp_path, "-n", "--printshellcmds", configfile=configfile)
+    done = snakemake(tmp_path, "-n", "--printshellcmds", configfile=configfile)
     assert done.returncode == 0, done.stderr
     assert "--policies confidence,entropy,patience --budgets 0.25,0.5,0.75 --fallback final --tolerance 0.5" in (
         done.stdout
@@ -153,7 +154,7 @@ def test_omitted_keys_take_the_schema_defaults(tmp_path: Path) -> None:
     assert "results/digits/mobilenet/s0/ic_only/analysis/gradcam/gradcam.png" in done.stdout
 
 
-def test_literal_yaml_forms_of_fault_6_are_rejected(tmp_path: Path) -> None:
+def test_literal_yaml_forms_of_fault_6_are_rejected(snakemake, tmp_path: Path) -> None:
     """As a user types them: `.nan`, `1e12` / `1e9` (strings to YAML 1.1), `1.0e12` (a float) on --config."""
     text = (REPO / "config" / "config.yaml").read_text()
     text = text.replace(
@@ -163,9 +164,9 @@ def test_literal_yaml_forms_of_fault_6_are_rejected(tmp_path: Path) -> None:
     assert "lr: .nan" in text
     configfile = tmp_path / "bad.yaml"
     configfile.write_text(text)
-    done = run_snakemake(tmp_path, "-n", configfile=configfile)
+    done = snakemake(tmp_path, "-n", configfile=configfile)
     assert done.returncode != 0 and "['recipes']['cnn']['epochs']" in done.stdout + done.stderr
-    done = run_snakemake(
+    done = snakemake(
         tmp_path, "-n", "--config", "recipes={'sdn': {'epochs': 1.0e12}}", configfile=REPO / "config" / "config.yaml"
     )
     message = done.stdout + done.stderr

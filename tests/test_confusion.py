@@ -57,7 +57,7 @@ def test_auroc_separable_and_undefined() -> None:
 
 
 def test_analyse_by_hand() -> None:
-    result = cf.analyse(LOGITS, LABELS, LOGITS, split="test", norm_split="holdout")
+    result = cf.analyze(LOGITS, LABELS, LOGITS, split="test", norm_split="holdout")
     doc = result.summary
     z = (np.array([0.6, 0.6, 1.8]) - 1.0) / np.sqrt(0.32)
     np.testing.assert_allclose(result.normalised, z)
@@ -77,23 +77,23 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="internal classifier"):
         cf.confusion_scores(LOGITS[-1:])
     with pytest.raises(ValueError, match="disagree"):
-        cf.analyse(LOGITS, LABELS[:2], LOGITS)
+        cf.analyze(LOGITS, LABELS[:2], LOGITS)
     bad = LOGITS.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        cf.analyse(bad, LABELS, LOGITS)
+        cf.analyze(bad, LABELS, LOGITS)
     with pytest.raises(ValueError, match="holdout_logits"):
-        cf.analyse(LOGITS, LABELS, np.nan * LOGITS)
+        cf.analyze(LOGITS, LABELS, np.nan * LOGITS)
     with pytest.raises(ValueError, match="other than"):
-        cf.analyse(LOGITS, LABELS, LOGITS, split="test", norm_split="test")
+        cf.analyze(LOGITS, LABELS, LOGITS, split="test", norm_split="test")
 
 
 def test_one_sample_and_single_class() -> None:
-    result = cf.analyse(LOGITS[:, :1], LABELS[:1], LOGITS)
+    result = cf.analyze(LOGITS[:, :1], LABELS[:1], LOGITS)
     assert result.summary["num_samples"] == 1 and result.summary["auroc_confusion"] is None
     one_class = np.zeros((3, 4, 1))
     with pytest.raises(ValueError, match="standard deviation 0"):
-        cf.analyse(one_class, np.zeros(4, dtype=np.int64), one_class)
+        cf.analyze(one_class, np.zeros(4, dtype=np.int64), one_class)
 
 
 def test_command_with_cnn_baseline(tmp_path) -> None:

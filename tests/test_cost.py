@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from sdn.cli import main
-from sdn.cost import CostRecord, module_ops, profile_arch, profile_model
+from sdn.commands.profile import profile_arch
 from sdn.models import BackboneParts, MultiExitNet, create
+from sdn.models.cost import CostRecord, module_ops, profile_model
 
 TARGETS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
 # Paper placement: each IC's cumulative fraction (ICs included) lies within this of its nominal target.

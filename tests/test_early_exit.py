@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from sdn.analysis import early_exit as ee
-from sdn.analysis.arrays import softmax, validate_logits
+from sdn.analysis.arrays import softmax
 from sdn.cli import main
 from sdn.io import save_npz
+from sdn.outputs import validate_logits
 
 # 3 outputs (IC1, IC2, final), 4 samples, 3 classes.
 #            IC1                  IC2                  final

@@ -7,19 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import TINY_ARCH, TINY_CLASSES, TINY_EXITS, ensure_tiny_arch, tiny_recipe, train_tiny, write_prepared
 
 from sdn import io
-from sdn.evaluate import evaluate, exit_cost_arrays, topk_accuracy
-from sdn.train import load_checkpoint
+from sdn.checkpoint import load_checkpoint
+from sdn.evaluate import evaluate
+from sdn.outputs import exit_cost_arrays, topk_accuracy
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    ensure_tiny_arch()
+def trained(tiny, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("eval")
-    data = write_prepared(root / "data")
-    return train_tiny(data, root / "sdn", recipe=tiny_recipe("sdn", epochs=1, milestones=())), data
+    data = tiny.prepared(root / "data")
+    return tiny.train(data, root / "sdn", recipe=tiny.recipe("sdn", epochs=1, milestones=())), data
 
 
 def test_topk_accuracy_on_hand_made_logits() -> None:
@@ -48,19 +47,19 @@ def test_exit_cost_arrays_accept_records_with_or_without_final() -> None:
         exit_cost_arrays({"cnn": cnn, "exits": [ic]}, 3)
 
 
-def test_evaluate_writes_documented_outputs(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_evaluate_writes_documented_outputs(tiny, trained: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint, data = trained
     out = tmp_path / "outputs.npz"
     metrics = evaluate(checkpoint, data, out, device="cpu", batch_size=10)
     arrays = dict(np.load(out))
-    num_exits = len(TINY_EXITS) + 1
+    num_exits = len(tiny.EXITS) + 1
     expected = {"holdout_logits", "holdout_labels", "test_logits", "test_labels"}
     expected |= {"exit_fraction", "exit_macs", "exit_ops", "exit_positions"}
     assert set(arrays) == expected
-    assert arrays["holdout_logits"].shape == (num_exits, 32, TINY_CLASSES)
-    assert arrays["test_logits"].shape == (num_exits, 24, TINY_CLASSES)
+    assert arrays["holdout_logits"].shape == (num_exits, 32, tiny.CLASSES)
+    assert arrays["test_logits"].shape == (num_exits, 24, tiny.CLASSES)
     assert arrays["test_logits"].dtype == np.float32 and arrays["test_labels"].dtype == np.int64
-    assert arrays["exit_positions"].tolist() == list(TINY_EXITS) and arrays["exit_positions"].dtype == np.int64
+    assert arrays["exit_positions"].tolist() == list(tiny.EXITS) and arrays["exit_positions"].dtype == np.int64
     for key in ("exit_fraction", "exit_macs", "exit_ops"):
         assert arrays[key].shape == (num_exits,) and arrays[key].dtype == np.float64
     assert np.all(np.diff(arrays["exit_ops"]) > 0)
@@ -101,7 +100,7 @@ def test_evaluate_cli(trained: tuple[Path, Path], tmp_path: Path) -> None:
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(data), "--out", str(out)]) == 2
 
 
-def test_load_checkpoint_is_strict(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_load_checkpoint_is_strict(tiny, trained: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint, _ = trained
     payload = io.load_torch(checkpoint)
     payload["state_dict"]["exits.0.extra"] = torch.zeros(1)
@@ -109,4 +108,4 @@ def test_load_checkpoint_is_strict(trained: tuple[Path, Path], tmp_path: Path) -
     with pytest.raises(RuntimeError, match="exits.0.extra"):
         load_checkpoint(tmp_path / "bad.pt")
     model, meta = load_checkpoint(checkpoint)
-    assert meta["arch"] == TINY_ARCH and model.exit_positions == TINY_EXITS
+    assert meta["arch"] == tiny.ARCH and model.exit_positions == tiny.EXITS

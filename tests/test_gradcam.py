@@ -150,31 +150,28 @@ def test_gradcam_figure_grid(tmp_path) -> None:
         gradcam_figure(pictures, cams, cams, ["a"])
 
 
-def test_cli_gradcam_on_a_tiny_checkpoint(tmp_path) -> None:
+def test_cli_gradcam_on_a_tiny_checkpoint(tiny, tmp_path) -> None:
     import csv
-
-    from test_train import TINY_ARCH, TINY_CLASSES, TINY_SIZE, ensure_tiny_arch, write_prepared
 
     from sdn.cli import main
     from sdn.io import save_torch
     from sdn.models import create
 
-    ensure_tiny_arch()
-    data = write_prepared(tmp_path / "data")
-    model = create(TINY_ARCH, num_classes=TINY_CLASSES, input_size=TINY_SIZE, exits="paper")
+    data = tiny.prepared(tmp_path / "data")
+    model = create(tiny.ARCH, num_classes=tiny.CLASSES, input_size=tiny.SIZE, exits="paper")
     meta = {
-        "arch": TINY_ARCH,
-        "num_classes": TINY_CLASSES,
-        "input_size": TINY_SIZE,
+        "arch": tiny.ARCH,
+        "num_classes": tiny.CLASSES,
+        "input_size": tiny.SIZE,
         "exit_positions": list(model.exit_positions),
     }
     save_torch({"state_dict": model.state_dict(), "meta": meta}, tmp_path / "model.pt")
     labels = torch.load(data / "test.pt")["labels"].numpy()
     n, num_exits = labels.shape[0], model.num_exits
     preds = np.tile(labels, (num_exits, 1))
-    preds[-1] = (labels + 1) % TINY_CLASSES  # final always wrong
-    preds[0, :2] = (labels[:2] + 1) % TINY_CLASSES  # IC1 wrong on the first two samples
-    np.savez(tmp_path / "outputs.npz", test_logits=np.eye(TINY_CLASSES)[preds].astype(np.float32), test_labels=labels)
+    preds[-1] = (labels + 1) % tiny.CLASSES  # final always wrong
+    preds[0, :2] = (labels[:2] + 1) % tiny.CLASSES  # IC1 wrong on the first two samples
+    np.savez(tmp_path / "outputs.npz", test_logits=np.eye(tiny.CLASSES)[preds].astype(np.float32), test_labels=labels)
     out = tmp_path / "gradcam"
     args = ["gradcam", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(data)]
     assert main([*args, "--outputs", str(tmp_path / "outputs.npz"), "--out", str(out), "--max-samples", "3"]) == 0
@@ -187,25 +184,22 @@ def test_cli_gradcam_on_a_tiny_checkpoint(tmp_path) -> None:
     assert main([*args, "--outputs", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
 
 
-def test_cli_gradcam_without_a_destructive_sample_writes_an_empty_figure(tmp_path) -> None:
+def test_cli_gradcam_without_a_destructive_sample_writes_an_empty_figure(tiny, tmp_path) -> None:
     """Whether a trained model has such samples is a property of the model: the job reports it and succeeds."""
     import csv
-
-    from test_train import TINY_ARCH, TINY_CLASSES, TINY_SIZE, ensure_tiny_arch, write_prepared
 
     from sdn.cli import main
     from sdn.io import save_torch
     from sdn.models import create
 
-    ensure_tiny_arch()
-    data = write_prepared(tmp_path / "data")
-    model = create(TINY_ARCH, num_classes=TINY_CLASSES, input_size=TINY_SIZE, exits="paper")
-    meta = {"arch": TINY_ARCH, "num_classes": TINY_CLASSES, "input_size": TINY_SIZE}
+    data = tiny.prepared(tmp_path / "data")
+    model = create(tiny.ARCH, num_classes=tiny.CLASSES, input_size=tiny.SIZE, exits="paper")
+    meta = {"arch": tiny.ARCH, "num_classes": tiny.CLASSES, "input_size": tiny.SIZE}
     save_torch({"state_dict": model.state_dict(), "meta": {**meta, "exit_positions": list(model.exit_positions)}},
                tmp_path / "model.pt")  # fmt: skip
     labels = torch.load(data / "test.pt")["labels"].numpy()
     preds = np.tile(labels, (model.num_exits, 1))  # every exit right: nothing is destructive
-    np.savez(tmp_path / "outputs.npz", test_logits=np.eye(TINY_CLASSES)[preds].astype(np.float32), test_labels=labels)
+    np.savez(tmp_path / "outputs.npz", test_logits=np.eye(tiny.CLASSES)[preds].astype(np.float32), test_labels=labels)
     out = tmp_path / "gradcam"
     args = ["gradcam", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(data)]
     assert main([*args, "--outputs", str(tmp_path / "outputs.npz"), "--out", str(out)]) == 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_inference import tiny_model
 
 from sdn.graphed_inference import GraphedEarlyExit, fused_exit_logits
 from sdn.inference import early_exit_forward
@@ -33,7 +32,7 @@ def test_fused_exit_logits_equal_the_head(alpha_mode: str, spatial: int) -> None
 
 
 @pytest.mark.parametrize("threshold", THRESHOLDS)
-def test_batch1_segments_answer_like_online_early_exit(threshold: float) -> None:
+def test_batch1_segments_answer_like_online_early_exit(tiny_model, threshold: float) -> None:
     model = tiny_model()
     x = torch.randn(40, 3, 8, 8)
     online_pred, online_exit = early_exit_forward(model, x, "confidence", threshold)
@@ -43,7 +42,7 @@ def test_batch1_segments_answer_like_online_early_exit(threshold: float) -> None
     assert [k for _, k in answers] == online_exit.tolist()
 
 
-def test_exits_spread_and_cnn_is_the_final_head() -> None:
+def test_exits_spread_and_cnn_is_the_final_head(tiny_model) -> None:
     model = tiny_model()
     x = torch.randn(40, 3, 8, 8)
     runner = GraphedEarlyExit(model, x[:1], 0.7, use_graphs=False)
@@ -54,7 +53,7 @@ def test_exits_spread_and_cnn_is_the_final_head() -> None:
     assert [int(runner.cnn(x[i : i + 1])[0]) for i in range(x.shape[0])] == final.tolist()
 
 
-def test_fixed_batch_leaves_where_every_sample_is_confident() -> None:
+def test_fixed_batch_leaves_where_every_sample_is_confident(tiny_model) -> None:
     model = tiny_model()
     x = torch.randn(6, 3, 8, 8)
     threshold = 0.6
@@ -79,7 +78,7 @@ def test_resnet56_segments_cover_the_whole_network() -> None:
     assert runner.host_copy is False  # no graphs, nothing captured
 
 
-def test_bad_arguments() -> None:
+def test_bad_arguments(tiny_model) -> None:
     model = tiny_model()
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(ValueError, match="CUDA graphs need CUDA inputs"):
@@ -90,7 +89,7 @@ def test_bad_arguments() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("host_copy", [True, False])
-def test_graphs_answer_like_eager_segments_on_gpu(host_copy: bool) -> None:
+def test_graphs_answer_like_eager_segments_on_gpu(tiny_model, host_copy: bool) -> None:
     model = tiny_model().cuda()
     x = torch.randn(24, 3, 8, 8, device="cuda")
     graphed = GraphedEarlyExit(model, x[:1], 0.7, host_copy=host_copy)

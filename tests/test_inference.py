@@ -5,40 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from sdn.analysis import early_exit as ee
 from sdn.analysis.arrays import softmax
 from sdn.inference import backbone_forward, early_exit_forward, time_inference
-from sdn.models.multiexit import BackboneParts, MultiExitNet
 
 NUM_CLASSES = 4
 
 
-def tiny_model(seed: int = 0) -> MultiExitNet:
-    torch.manual_seed(seed)
-
-    def block() -> nn.Module:
-        return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-
-    parts = BackboneParts(
-        stem=nn.Conv2d(3, 4, 3, padding=1),
-        blocks=[block() for _ in range(4)],
-        head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, NUM_CLASSES)),
-    )
-    model = MultiExitNet(parts, num_classes=NUM_CLASSES, input_size=8, exit_positions=(0, 1, 2))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-        for scale, ic in zip((10.0, 30.0, 100.0), model.exits, strict=True):
-            ic.linear.weight.mul_(scale)  # make the ICs (increasingly) confident
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def setup():
+def setup(tiny_model):
     model = tiny_model()
     x = torch.randn(48, 3, 8, 8)
     with torch.no_grad():

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import REPO, SNAKEMAKE, run_snakemake
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +38,11 @@ def small_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_killed_workflow_leaves_nothing_trusted_and_resumes(tmp_path: Path) -> None:
+def test_killed_workflow_leaves_nothing_trusted_and_resumes(snakemake_exe, snakemake, tmp_path: Path) -> None:
     config = small_config(tmp_path)
     profile = str(REPO / "workflow" / "profiles" / "default")
     cnn = tmp_path / "results" / "digits" / "mobilenet" / "s0" / "cnn"
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    command = [str(snakemake_exe), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
     command += ["--profile", profile, "--configfile", str(config)]
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -58,14 +59,14 @@ def test_killed_workflow_leaves_nothing_trusted_and_resumes(tmp_path: Path) -> N
 
     assert not (cnn / "model.pt").exists() and not (cnn / "meta.json").exists()
 
-    unlocked = run_snakemake(tmp_path, "--unlock", configfile=config)
+    unlocked = snakemake(tmp_path, "--unlock", configfile=config)
     assert unlocked.returncode == 0, unlocked.stderr[-3000:]
-    done = run_snakemake(tmp_path, "--profile", profile, configfile=config, timeout=1800)
+    done = snakemake(tmp_path, "--profile", profile, configfile=config, timeout=1800)
     assert done.returncode == 0, done.stderr[-6000:]
     assert (cnn / "model.pt").is_file() and not (cnn / "last.pt").exists()
     with open(cnn / "history.csv") as handle:
         epochs = [int(float(row["epoch"])) for row in csv.DictReader(handle)]
     assert epochs == [1, 2, 3, 4]  # resumed: every epoch exactly once
-    log = (tmp_path / "logs" / "train_cnn" / "digits_mobilenet_s0.log").read_text()
+    log = (tmp_path / "logs" / "train" / "digits_mobilenet_s0_cnn.log").read_text()
     assert "resuming cnn" in log
     assert (tmp_path / "results" / "report" / "summary.md").is_file()

@@ -148,9 +148,9 @@ def test_report_fills_numbers_tables_and_figures(tmp_path) -> None:
     assert json.loads((out / "config.json").read_text()) == {"datasets": ["digits"]}
 
 
-def test_backdoor_summary_in_its_own_folder_is_found(tmp_path) -> None:
+def test_backdoor_summary_of_the_backdoored_sdn_is_found(tmp_path) -> None:
     run = tmp_path / "results" / "c10" / "vgg16" / "s1"
-    _json(run / "backdoor" / "summary.json", {"cnn": {"triggered_accuracy": 12.0}})
+    _json(run / "bd_ic_only" / "analysis" / "backdoor" / "summary.json", {"cnn": {"triggered_accuracy": 12.0}})
     (run / "sdn").mkdir(parents=True)  # a variant folder with nothing in it yet
     found = collect(tmp_path / "results")
     key = found.keys[0]

@@ -47,7 +47,7 @@ def _results(root: Path) -> Path:
                 {"confusion_mean_correct": -0.3, "confusion_mean_wrong": 1.2, "auroc_confusion": 0.8},
             )
     io.write_json(
-        root / "cifar10" / "vgg16bn" / "s0" / "backdoor" / "summary.json",
+        root / "cifar10" / "vgg16bn" / "s0" / "bd_ic_only" / "analysis" / "backdoor" / "summary.json",
         {"cnn": {"triggered_accuracy": 10.0}, "early_exit": {"triggered": {"accuracy": 80.0}}},
     )
     return root

@@ -10,9 +10,9 @@ import pytest
 
 from sdn import io
 from sdn.analysis import early_exit, overthinking
-from sdn.analysis.arrays import load_outputs, load_split
+from sdn.outputs import compact_outputs, load_split
+from sdn.outputs import load as load_outputs
 from sdn.reproduce import pack, publish
-from sdn.reproduce.compact import compact_outputs
 
 
 def fixture_outputs(seed: int = 0, num_classes: int = 10) -> dict[str, np.ndarray]:
@@ -36,7 +36,7 @@ def fixture_outputs(seed: int = 0, num_classes: int = 10) -> dict[str, np.ndarra
 
 
 def _analyses(outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    result = early_exit.analyse(outputs, policies=("confidence",))["summary"]["policies"]["confidence"]
+    result = early_exit.analyze(outputs, policies=("confidence",))["summary"]["policies"]["confidence"]
     numbers = {}
     for rule, entry in result.items():
         assert entry["status"] == "ok", entry

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bench import _fake_cifar_archive
 
 from sdn.reproduce import ingest, pack, publish
 from sdn.reproduce.grid import Job, grid_jobs
@@ -124,9 +123,9 @@ def _script(out: Path, work: Path, archive: Path, **env: str) -> subprocess.Pope
 
 
 @pytest.mark.slow
-def test_cut_grid_resumes_on_a_second_call_and_publishes(tmp_path: Path) -> None:
+def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp_path: Path) -> None:
     archive = tmp_path / "c10.tar.gz"
-    _fake_cifar_archive(archive, train_per_class=50, test_per_class=10)
+    fake_cifar_archive(archive, train_per_class=50, test_per_class=10)
     first = _script(tmp_path / "out1", tmp_path / "work1", archive)
     last = tmp_path / "work1" / "runs" / "resnet56" / "s0" / "cnn" / "last.pt"
     deadline = time.monotonic() + 600
@@ -244,9 +243,9 @@ def test_jobs_auto_is_measured_once_and_kept(tmp_path: Path, monkeypatch: pytest
     assert calls[0][2] == "sdn.reproduce.concurrency" and "resnet56" in calls[0]
 
 
-def test_prepared_data_is_reused_by_a_later_call(tmp_path: Path) -> None:
+def test_prepared_data_is_reused_by_a_later_call(fake_cifar_archive, tmp_path: Path) -> None:
     archive = tmp_path / "c10.tar.gz"
-    _fake_cifar_archive(archive, train_per_class=10, test_per_class=4)
+    fake_cifar_archive(archive, train_per_class=10, test_per_class=4)
     settings = _settings(tmp_path, archive=archive, prepare_args=["--holdout", "6"])
     first = Runner(settings)
     (first.work / "logs").mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sdn.analysis import early_exit
-from sdn.analysis.arrays import load_outputs
+from sdn.outputs import load as load_outputs
 from sdn.reproduce import publish
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "reproduction-toy" / "reproduction"
@@ -41,5 +41,5 @@ def test_every_published_run_has_the_workflow_files_and_provenance() -> None:
 
 def test_the_early_exit_analysis_runs_on_a_published_sdn() -> None:
     outputs = load_outputs(FIXTURE / "cifar10" / "resnet56" / "s0" / "sdn" / "outputs.npz")
-    summary = early_exit.analyse(outputs, policies=("confidence",))["summary"]
+    summary = early_exit.analyze(outputs, policies=("confidence",))["summary"]
     assert summary["num_exits"] == 7 and "tolerance" in summary["policies"]["confidence"]

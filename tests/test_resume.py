@@ -12,22 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY_ARCH, ensure_tiny_arch, state_of, tiny_recipe, train_tiny, write_prepared
 
 from sdn import io
 from sdn.config import paper_recipe
 
 TESTS_DIR = Path(__file__).resolve().parent
 LAUNCHER = (
-    "import sys; sys.path.insert(0, sys.argv[1]); import test_train; test_train.ensure_tiny_arch(); "
+    "import sys; sys.path.insert(0, sys.argv[1]); import conftest; conftest.register_tiny_arch(); "
     "from sdn.cli import main; raise SystemExit(main(sys.argv[2:]))"
 )
-
-
-@pytest.fixture
-def tiny_data(tmp_path: Path) -> Path:
-    ensure_tiny_arch()
-    return write_prepared(tmp_path / "data")
 
 
 class Interrupt(Exception):
@@ -49,45 +42,45 @@ def _history(out: Path) -> list[dict[str, str]]:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    sa, sb = state_of(a), state_of(b)
+    sa, sb = io.load_torch(a)["state_dict"], io.load_torch(b)["state_dict"]
     assert sa.keys() == sb.keys()
     for key in sa:
         assert torch.equal(sa[key], sb[key]), key
 
 
-def test_interrupted_run_resumes_bit_identical(tiny_data: Path, tmp_path: Path) -> None:
-    recipe = tiny_recipe("sdn", epochs=3, milestones=(2,))
-    full = train_tiny(tiny_data, tmp_path / "full", recipe=recipe)
+def test_interrupted_run_resumes_bit_identical(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    recipe = tiny.recipe("sdn", epochs=3, milestones=(2,))
+    full = tiny.train(tiny_data, tmp_path / "full", recipe=recipe)
     out = tmp_path / "resumed"
     with pytest.raises(Interrupt):
-        train_tiny(tiny_data, out, recipe=recipe, on_epoch=_stop_after(1))
+        tiny.train(tiny_data, out, recipe=recipe, on_epoch=_stop_after(1))
     assert io.load_torch(out / "last.pt")["epoch"] == 1 and not (out / "model.pt").exists()
     seen: list[int] = []
-    resumed = train_tiny(tiny_data, out, recipe=recipe, on_epoch=lambda e, m: seen.append(e))
+    resumed = tiny.train(tiny_data, out, recipe=recipe, on_epoch=lambda e, m: seen.append(e))
     assert seen == [2, 3]
     assert not (out / "last.pt").exists()
     _assert_same_weights(full, resumed)
     assert _history(out) == _history(full.parent) and len(_history(out)) == 3
 
 
-def test_resume_with_other_settings_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+def test_resume_with_other_settings_is_refused(tiny, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    recipe = tiny_recipe("sdn", epochs=2, milestones=())
+    recipe = tiny.recipe("sdn", epochs=2, milestones=())
     with pytest.raises(Interrupt):
-        train_tiny(tiny_data, out, recipe=recipe, on_epoch=_stop_after(1))
+        tiny.train(tiny_data, out, recipe=recipe, on_epoch=_stop_after(1))
     before = (out / "last.pt").read_bytes()
     with pytest.raises(ValueError, match=r"with recipe=.*'lr': 0\.05.*this run has recipe=.*'lr': 0\.02"):
-        train_tiny(tiny_data, out, recipe=tiny_recipe("sdn", epochs=2, milestones=(), lr=0.02))
+        tiny.train(tiny_data, out, recipe=tiny.recipe("sdn", epochs=2, milestones=(), lr=0.02))
     with pytest.raises(ValueError, match="seed=3.*seed=4"):
-        train_tiny(tiny_data, out, recipe=recipe, seed=4)
+        tiny.train(tiny_data, out, recipe=recipe, seed=4)
     assert (out / "last.pt").read_bytes() == before
 
 
-def _cli_train(data: Path, out: Path, *, slow: str | None = None) -> subprocess.Popen[bytes]:
+def _cli_train(arch: str, data: Path, out: Path, *, slow: str | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "SDN_TEST_SLOW"}
     if slow:
         env["SDN_TEST_SLOW"] = slow
-    args = ["train", "--recipe", "sdn", "--arch", TINY_ARCH, "--data", str(data), "--out", str(out)]
+    args = ["train", "--recipe", "sdn", "--arch", arch, "--data", str(data), "--out", str(out)]
     args += ["--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--seed", "7", "--device", "cpu"]
     return subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, str(TESTS_DIR), *args],
@@ -97,9 +90,9 @@ def _cli_train(data: Path, out: Path, *, slow: str | None = None) -> subprocess.
     )
 
 
-def test_sigkill_mid_epoch_then_rerun_is_bit_identical(tiny_data: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_epoch_then_rerun_is_bit_identical(tiny, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    proc = _cli_train(tiny_data, out, slow="0.05")
+    proc = _cli_train(tiny.ARCH, tiny_data, out, slow="0.05")
     try:
         deadline = time.monotonic() + 120
         while not (out / "last.pt").exists():
@@ -116,11 +109,11 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(tiny_data: Path, tmp_path
     assert not (out / "model.pt").exists()
     assert io.load_torch(out / "last.pt")["epoch"] == 1
 
-    rerun = _cli_train(tiny_data, out)
+    rerun = _cli_train(tiny.ARCH, tiny_data, out)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode() if rerun.stderr else ""
     assert not (out / "last.pt").exists()
 
-    recipe = paper_recipe("sdn", TINY_ARCH).with_overrides({"epochs": 4, "batch_size": 16, "lr": 0.05})
-    full = train_tiny(tiny_data, tmp_path / "full", recipe=recipe, seed=7)
+    recipe = paper_recipe("sdn", tiny.ARCH).with_overrides({"epochs": 4, "batch_size": 16, "lr": 0.05})
+    full = tiny.train(tiny_data, tmp_path / "full", recipe=recipe, seed=7)
     _assert_same_weights(full, out / "model.pt")
     assert _history(out) == _history(full.parent)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import TINY_ARCH, ensure_tiny_arch, write_prepared
 
 from sdn.cli import main
 from sdn.runlock import LOCK_NAME, FolderBusyError, folder_lock
@@ -81,7 +80,7 @@ def test_nested_lock_in_one_process_is_refused(tmp_path: Path) -> None:
 
 
 LAUNCHER = (
-    "import sys; sys.path.insert(0, sys.argv[1]); import test_train; test_train.ensure_tiny_arch(); "
+    "import sys; sys.path.insert(0, sys.argv[1]); import conftest; conftest.register_tiny_arch(); "
     "from sdn.cli import main; raise SystemExit(main(sys.argv[2:]))"
 )
 
@@ -91,7 +90,7 @@ def _cli_train(data: Path, out: Path, *, slow: str | None = None) -> subprocess.
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     if slow:
         env["SDN_TEST_SLOW"] = slow
-    args = ["train", "--recipe", "sdn", "--arch", TINY_ARCH, "--data", str(data), "--out", str(out)]
+    args = ["train", "--recipe", "sdn", "--arch", "tiny_test", "--data", str(data), "--out", str(out)]
     args += ["--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--seed", "7", "--device", "cpu"]
     return subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, str(Path(__file__).resolve().parent), *args],
@@ -102,10 +101,9 @@ def _cli_train(data: Path, out: Path, *, slow: str | None = None) -> subprocess.
     )
 
 
-def test_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tmp_path: Path) -> None:
+def test_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tiny, tmp_path: Path) -> None:
     """Issue 12, fault 6: an orphaned trainer (its Snakemake was SIGKILLed) and a rerun in the same folder."""
-    ensure_tiny_arch()
-    data = write_prepared(tmp_path / "data")
+    data = tiny.prepared(tmp_path / "data")
     out = tmp_path / "run"
     first = _cli_train(data, out, slow="0.05")
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import REPO, run_snakemake
+
+REPO = Path(__file__).resolve().parents[1]
 
 SCRIPTS = REPO / "scripts" / "slurm-localhost"
 
@@ -37,7 +38,7 @@ def slurm_cluster():
 
 
 @pytest.mark.slow
-def test_small_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path: Path) -> None:
+def test_small_workflow_runs_through_the_slurm_profile(snakemake, slurm_cluster, tmp_path: Path) -> None:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(archs=["mobilenet"], backdoor={"enabled": False})
     config["datasets"]["digits"].update(max_train=400, max_test=200)
@@ -45,7 +46,7 @@ def test_small_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path: 
     configfile = tmp_path / "slurm.yaml"
     configfile.write_text(yaml.safe_dump(config))
     target = "results/digits/mobilenet/s0/ic_only/analysis/early_exit/summary.json"
-    done = run_snakemake(
+    done = snakemake(
         tmp_path,
         target,
         "--profile",

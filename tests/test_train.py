@@ -1,12 +1,7 @@
-"""Training recipes, loss weights, lr schedule, frozen backbones, determinism, NaN and device errors.
-
-Also hosts the small helpers (tiny registered arch, prepared-data writer) that test_resume/test_evaluate import.
-"""
+"""Training recipes, loss weights, lr schedule, frozen backbones, determinism, NaN and device errors."""
 
 from __future__ import annotations
 
-import os
-import time
 import warnings
 from pathlib import Path
 
@@ -16,122 +11,11 @@ import torch
 from torch import nn
 
 from sdn import io
+from sdn.checkpoint import load_checkpoint
 from sdn.config import Recipe, coefficients_for, ic_loss_weights, paper_recipe
 from sdn.device import resolve_device
-from sdn.models import ArchSpec, BackboneParts, get_spec, register
-from sdn.train import build_model, build_scheduler, load_checkpoint, seed_everything, train
-
-TINY_ARCH = "tiny_test"
-TINY_SIZE = 8
-TINY_CLASSES = 4
-TINY_EXITS = (0, 1, 2)
-
-
-# ---------------------------------------------------------------- helpers shared with the other test files
-
-
-class SlowWhenAsked(nn.Identity):
-    """Identity; sleeps in training mode when SDN_TEST_SLOW is set (lets a subprocess be killed mid-epoch)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delay = os.environ.get("SDN_TEST_SLOW")
-        if delay and self.training:
-            time.sleep(float(delay))
-        return x
-
-
-def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-def tiny_builder(*, num_classes: int, input_size: int) -> BackboneParts:
-    del input_size
-    return BackboneParts(
-        stem=nn.Sequential(*_conv(3, 8)),
-        blocks=[
-            nn.Sequential(*_conv(8, 8), SlowWhenAsked()),
-            nn.Sequential(*_conv(8, 16, stride=2), nn.Dropout(0.5)),
-            nn.Sequential(*_conv(16, 16)),
-            nn.Sequential(*_conv(16, 16)),
-        ],
-        head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes)),
-    )
-
-
-def ensure_tiny_arch() -> None:
-    """Register the tiny test architecture (idempotent)."""
-    try:
-        get_spec(TINY_ARCH)
-    except ValueError:
-        register(
-            ArchSpec(
-                name=TINY_ARCH,
-                builder=tiny_builder,
-                paper_exits=TINY_EXITS,
-                weight_decay=5e-4,
-                description="tiny test network",
-                input_sizes=(TINY_SIZE,),
-            )
-        )
-
-
-def write_prepared(
-    folder: Path, *, n_train: int = 64, n_holdout: int = 32, n_test: int = 24, seed: int = 0, holdout: bool = True
-) -> Path:
-    """A prepared-data folder in the documented format with random 8x8 images of 4 classes."""
-    gen = torch.Generator().manual_seed(seed)
-    sizes = {"train": n_train, "test": n_test}
-    if holdout:
-        sizes["holdout"] = n_holdout
-    for split, n in sizes.items():
-        images = torch.randint(0, 256, (n, 3, TINY_SIZE, TINY_SIZE), generator=gen, dtype=torch.uint8)
-        labels = torch.randint(0, TINY_CLASSES, (n,), generator=gen)
-        io.save_torch({"images": images, "labels": labels}, folder / f"{split}.pt")
-    io.write_json(
-        folder / "meta.json",
-        {
-            "dataset": "tiny",
-            "num_classes": TINY_CLASSES,
-            "input_size": TINY_SIZE,
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.25, 0.25, 0.25],
-            "crop_padding": 1,
-            "color_jitter": 0.0,
-            "classes": [str(c) for c in range(TINY_CLASSES)],
-            "sizes": sizes,
-            "holdout_seed": 0,
-            "source": {"kind": "test"},
-        },
-    )
-    return folder
-
-
-def tiny_recipe(kind: str = "sdn", **overrides: object) -> Recipe:
-    base = {
-        "kind": kind,
-        "optimizer": "adam" if kind == "ic_only" else "sgd",
-        "lr": 0.01 if kind == "ic_only" else 0.05,
-        "epochs": 2,
-        "milestones": (2,),
-        "batch_size": 16,
-    }
-    return Recipe(**{**base, **overrides})  # type: ignore[arg-type]
-
-
-def train_tiny(data: Path, out: Path, kind: str = "sdn", *, seed: int = 3, **kwargs: object) -> Path:
-    recipe = kwargs.pop("recipe", None) or tiny_recipe(kind)
-    return train(arch=TINY_ARCH, recipe=recipe, data_dir=data, out_dir=out, seed=seed, device="cpu", **kwargs)
-
-
-@pytest.fixture
-def tiny_data(tmp_path: Path) -> Path:
-    ensure_tiny_arch()
-    return write_prepared(tmp_path / "data")
-
-
-def state_of(path: Path) -> dict[str, torch.Tensor]:
-    return io.load_torch(path)["state_dict"]
-
+from sdn.models import get_spec
+from sdn.train import build_model, build_scheduler, seed_everything
 
 # ---------------------------------------------------------------- recipes and schedules
 
@@ -160,9 +44,8 @@ def test_ic_loss_weights_reject_bad_epoch_and_too_many_ics() -> None:
         coefficients_for(7, (0.15, 0.3, 0.45, 0.6, 0.75, 0.9))
 
 
-def test_paper_recipes() -> None:
-    ensure_tiny_arch()
-    cnn = paper_recipe("cnn", TINY_ARCH)
+def test_paper_recipes(tiny) -> None:
+    cnn = paper_recipe("cnn", tiny.ARCH)
     assert (cnn.optimizer, cnn.lr, cnn.momentum, cnn.epochs, cnn.milestones, cnn.batch_size) == (
         "sgd",
         0.1,
@@ -171,10 +54,10 @@ def test_paper_recipes() -> None:
         (35, 60, 85),
         128,
     )
-    assert cnn.weight_decay == get_spec(TINY_ARCH).weight_decay
-    ic = paper_recipe("ic_only", TINY_ARCH)
+    assert cnn.weight_decay == get_spec(tiny.ARCH).weight_decay
+    ic = paper_recipe("ic_only", tiny.ARCH)
     assert (ic.optimizer, ic.lr, ic.epochs, ic.milestones, ic.backbone_mode) == ("adam", 1e-3, 25, (15,), "eval")
-    assert paper_recipe("sdn", TINY_ARCH).ic_max_coeffs == (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
+    assert paper_recipe("sdn", tiny.ARCH).ic_max_coeffs == (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
 
 
 def test_with_epochs_scales_milestones() -> None:
@@ -228,21 +111,21 @@ def _split(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     return backbone, exits
 
 
-def _initial_exits(recipe: Recipe, seed: int) -> dict[str, torch.Tensor]:
+def _initial_exits(tiny, recipe: Recipe, seed: int) -> dict[str, torch.Tensor]:
     seed_everything(seed)
-    model = build_model(TINY_ARCH, recipe, num_classes=TINY_CLASSES, input_size=TINY_SIZE)
+    model = build_model(tiny.ARCH, recipe, num_classes=tiny.CLASSES, input_size=tiny.SIZE)
     return _split(model.state_dict())[1]
 
 
-def test_cnn_training_writes_checkpoint_meta_history(tiny_data: Path, tmp_path: Path) -> None:
-    recipe = tiny_recipe("cnn", epochs=3, milestones=(2, 3))
-    path = train_tiny(tiny_data, tmp_path / "cnn", recipe=recipe)
+def test_cnn_training_writes_checkpoint_meta_history(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    recipe = tiny.recipe("cnn", epochs=3, milestones=(2, 3))
+    path = tiny.train(tiny_data, tmp_path / "cnn", recipe=recipe)
     out = path.parent
     assert path.name == "model.pt" and not (out / "last.pt").exists()
     payload = io.load_torch(path)
     meta = payload["meta"]
     assert meta == io.read_json(out / "meta.json")
-    assert meta["arch"] == TINY_ARCH and meta["variant"] == "cnn" and meta["exit_positions"] == []
+    assert meta["arch"] == tiny.ARCH and meta["variant"] == "cnn" and meta["exit_positions"] == []
     assert meta["seed"] == 3 and meta["dataset"] == "tiny" and meta["recipe"]["epochs"] == 3
     assert len(meta["holdout_accuracy"]) == 1 and 0.0 <= meta["holdout_accuracy"][0] <= 100.0
     assert "cnn" in meta["cost"] and meta["device"] == "cpu"
@@ -253,79 +136,77 @@ def test_cnn_training_writes_checkpoint_meta_history(tiny_data: Path, tmp_path: 
     assert loaded_meta == meta and model.num_exits == 1 and not model.training
 
 
-def test_ic_only_leaves_backbone_bit_identical(tiny_data: Path, tmp_path: Path) -> None:
-    parent = train_tiny(tiny_data, tmp_path / "cnn", kind="cnn", recipe=tiny_recipe("cnn", epochs=1, milestones=()))
-    recipe = tiny_recipe("ic_only")
-    path = train_tiny(tiny_data, tmp_path / "ic", recipe=recipe, parent=parent)
-    backbone, exits = _split(state_of(path))
-    parent_state = state_of(parent)
+def test_ic_only_leaves_backbone_bit_identical(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    parent = tiny.train(tiny_data, tmp_path / "cnn", kind="cnn", recipe=tiny.recipe("cnn", epochs=1, milestones=()))
+    recipe = tiny.recipe("ic_only")
+    path = tiny.train(tiny_data, tmp_path / "ic", recipe=recipe, parent=parent)
+    backbone, exits = _split(tiny.state(path))
+    parent_state = tiny.state(parent)
     assert backbone.keys() == parent_state.keys()
     assert any("running_mean" in k for k in backbone) and any("num_batches_tracked" in k for k in backbone)
     for key, value in backbone.items():
         assert torch.equal(value, parent_state[key]), key
-    initial = _initial_exits(recipe, seed=3)
+    initial = _initial_exits(tiny, recipe, seed=3)
     assert exits.keys() == initial.keys()
     assert any(not torch.equal(v, initial[k]) for k, v in exits.items())
 
 
-def test_ic_only_train_mode_reproduces_original_bn_drift(tiny_data: Path, tmp_path: Path) -> None:
-    parent = train_tiny(tiny_data, tmp_path / "cnn", kind="cnn", recipe=tiny_recipe("cnn", epochs=1, milestones=()))
-    recipe = tiny_recipe("ic_only", epochs=1, milestones=(), backbone_mode="train")
-    path = train_tiny(tiny_data, tmp_path / "ic", recipe=recipe, parent=parent)
-    backbone, _ = _split(state_of(path))
-    parent_state = state_of(parent)
+def test_ic_only_train_mode_reproduces_original_bn_drift(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    parent = tiny.train(tiny_data, tmp_path / "cnn", kind="cnn", recipe=tiny.recipe("cnn", epochs=1, milestones=()))
+    recipe = tiny.recipe("ic_only", epochs=1, milestones=(), backbone_mode="train")
+    path = tiny.train(tiny_data, tmp_path / "ic", recipe=recipe, parent=parent)
+    backbone, _ = _split(tiny.state(path))
+    parent_state = tiny.state(parent)
     params = dict(io.load_torch(parent)["state_dict"])
     changed = [k for k, v in backbone.items() if not torch.equal(v, parent_state[k])]
     assert changed and all("running_" in k or "num_batches_tracked" in k for k in changed)
     assert all(torch.equal(backbone[k], params[k]) for k in params if k.endswith(".weight"))
 
 
-def test_ic_only_needs_parent(tiny_data: Path, tmp_path: Path) -> None:
+def test_ic_only_needs_parent(tiny, tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs parent"):
-        train_tiny(tiny_data, tmp_path / "ic", kind="ic_only")
+        tiny.train(tiny_data, tmp_path / "ic", kind="ic_only")
     with pytest.raises(FileNotFoundError, match="parent checkpoint"):
-        train_tiny(tiny_data, tmp_path / "ic", kind="ic_only", parent=tmp_path / "missing.pt")
+        tiny.train(tiny_data, tmp_path / "ic", kind="ic_only", parent=tmp_path / "missing.pt")
 
 
-def test_sdn_training_changes_backbone_and_exits(tiny_data: Path, tmp_path: Path) -> None:
-    recipe = tiny_recipe("sdn", epochs=1, milestones=())
-    path = train_tiny(tiny_data, tmp_path / "sdn", recipe=recipe)
-    backbone, exits = _split(state_of(path))
+def test_sdn_training_changes_backbone_and_exits(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    recipe = tiny.recipe("sdn", epochs=1, milestones=())
+    path = tiny.train(tiny_data, tmp_path / "sdn", recipe=recipe)
+    backbone, exits = _split(tiny.state(path))
     seed_everything(3)
-    fresh = build_model(TINY_ARCH, recipe, num_classes=TINY_CLASSES, input_size=TINY_SIZE).state_dict()
+    fresh = build_model(tiny.ARCH, recipe, num_classes=tiny.CLASSES, input_size=tiny.SIZE).state_dict()
     assert any(not torch.equal(v, fresh[k]) for k, v in backbone.items() if k.endswith("weight"))
     assert any(not torch.equal(v, fresh[k]) for k, v in exits.items())
     meta = io.read_json(path.parent / "meta.json")
-    assert meta["exit_positions"] == list(TINY_EXITS) and len(meta["holdout_accuracy"]) == 4
+    assert meta["exit_positions"] == list(tiny.EXITS) and len(meta["holdout_accuracy"]) == 4
 
 
-def test_same_seed_gives_bit_identical_logits(tiny_data: Path, tmp_path: Path) -> None:
-    from sdn.train import load_checkpoint
-
-    paths = [train_tiny(tiny_data, tmp_path / f"run{i}") for i in range(2)]
-    x = torch.randn(5, 3, TINY_SIZE, TINY_SIZE)
+def test_same_seed_gives_bit_identical_logits(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    paths = [tiny.train(tiny_data, tmp_path / f"run{i}") for i in range(2)]
+    x = torch.randn(5, 3, tiny.SIZE, tiny.SIZE)
     logits = []
     for path in paths:
         model, _ = load_checkpoint(path)
         with torch.no_grad():
             logits.append(torch.stack(model(x)))
-    assert logits[0].shape == (4, 5, TINY_CLASSES)
+    assert logits[0].shape == (4, 5, tiny.CLASSES)
     assert torch.equal(logits[0], logits[1])
-    other = train_tiny(tiny_data, tmp_path / "other", seed=4)
+    other = tiny.train(tiny_data, tmp_path / "other", seed=4)
     model, _ = load_checkpoint(other)
     with torch.no_grad():
         assert not torch.equal(torch.stack(model(x)), logits[0])
 
 
-def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "nan"
-    recipe = tiny_recipe("cnn", epochs=3, milestones=())
+    recipe = tiny.recipe("cnn", epochs=3, milestones=())
 
     def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_tiny(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
+        tiny.train(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
     last = out / "last.pt"
     state = io.load_torch(last)
     assert state["epoch"] == 1
@@ -334,12 +215,12 @@ def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny_data: Path
     io.save_torch(state, last)
     before = last.read_bytes()
     with pytest.raises(RuntimeError, match=r"non-finite loss at epoch 2 step \d+"):
-        train_tiny(tiny_data, out, recipe=recipe)
+        tiny.train(tiny_data, out, recipe=recipe)
     assert last.read_bytes() == before
     assert not (out / "model.pt").exists()
 
 
-def test_cuda_request_without_gpu(tiny_data: Path, tmp_path: Path) -> None:
+def test_cuda_request_without_gpu(tiny, tiny_data: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match=r"CUDA requested but no GPU is available.*--device cpu"):
@@ -351,7 +232,7 @@ def test_cuda_request_without_gpu(tiny_data: Path, tmp_path: Path) -> None:
     assert resolve_device("auto") == torch.device("cpu")
     from sdn.cli import main
 
-    args = ["train", "--recipe", "cnn", "--arch", TINY_ARCH, "--data", str(tiny_data), "--epochs", "1"]
+    args = ["train", "--recipe", "cnn", "--arch", tiny.ARCH, "--data", str(tiny_data), "--epochs", "1"]
     args += ["--batch-size", "16", "--out", str(tmp_path / "cli"), "--device", "cuda"]
     assert main(args) == 2
     assert not (tmp_path / "cli" / "model.pt").exists()
@@ -362,18 +243,18 @@ def test_cuda_request_without_gpu(tiny_data: Path, tmp_path: Path) -> None:
     assert io.read_json(tmp_path / "cli" / "meta.json")["device"] == "cpu"
 
 
-def test_cli_parses_exits_and_overrides(tiny_data: Path, tmp_path: Path) -> None:
+def test_cli_parses_exits_and_overrides(tiny, tiny_data: Path, tmp_path: Path) -> None:
     from sdn.cli import main
     from sdn.commands.train import parse_exits
 
     assert parse_exits("0,2") == [0, 2] and parse_exits("paper") == "paper"
     out = tmp_path / "cli"
-    args = ["train", "--recipe", "sdn", "--arch", TINY_ARCH, "--data", str(tiny_data), "--out", str(out)]
+    args = ["train", "--recipe", "sdn", "--arch", tiny.ARCH, "--data", str(tiny_data), "--out", str(out)]
     args += ["--epochs", "2", "--batch-size", "32", "--lr", "0.02", "--exits", "0,2", "--device", "cpu"]
     args += ["--max-train-samples", "40", "--seed", "5"]
     assert main(args) == 0
     meta = io.read_json(out / "meta.json")
     assert meta["exit_positions"] == [0, 2] and meta["train_size"] == 40 and meta["seed"] == 5
     assert meta["recipe"]["lr"] == 0.02 and meta["recipe"]["batch_size"] == 32 and meta["recipe"]["epochs"] == 2
-    assert meta["recipe"]["weight_decay"] == get_spec(TINY_ARCH).weight_decay
+    assert meta["recipe"]["weight_decay"] == get_spec(tiny.ARCH).weight_decay
     assert np.isfinite(meta["holdout_accuracy"]).all()

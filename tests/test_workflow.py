@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -16,44 +15,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 PAPER_JOBS = {  # 4 archs x 3 data sets x 1 seed = 12 (data set, arch, seed) runs, backdoor on cifar10 vgg16bn
     "prepare_data": 3,
     "resolved_config": 1,
-    "train_cnn": 12,
-    "train_ic_only": 12,
-    "train_sdn": 12,
-    "evaluate": 36,
+    "train": 38,  # 12 each of cnn, ic_only, sdn; bd_cnn and bd_ic_only
+    "evaluate": 38,
     "early_exit": 24,
     "overthinking": 24,
     "confusion": 24,
     "calibration": 24,
     "gradcam": 12,
     "poison_data": 1,
-    "train_bd_cnn": 1,
-    "train_bd_ic_only": 1,
-    "evaluate_backdoor": 2,
     "backdoor_analysis": 1,
     "report": 1,
     "all": 1,
 }
-
-
-def run_snakemake(
-    workdir: Path, *args: str, configfile: Path | None = None, timeout: float = 600, env: dict | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the project's Snakefile with `workdir` as working directory (results/, logs/, .snakemake/ there)."""
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    if configfile is not None:  # last: --configfile takes every following word up to the next option
-        command += ["--configfile", str(configfile)]
-    return subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def job_counts(output: str) -> Counter[str]:
@@ -69,9 +45,9 @@ def job_counts(output: str) -> Counter[str]:
     return counts
 
 
-def planned_jobs(workdir: Path, configfile: Path) -> list[tuple[str, dict[str, str]]]:
+def planned_jobs(snakemake, workdir: Path, configfile: Path) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of every job a dry run would execute."""
-    done = run_snakemake(workdir, "-n", configfile=configfile)
+    done = snakemake(workdir, "-n", configfile=configfile)
     assert done.returncode == 0, done.stderr + done.stdout
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", done.stdout):
@@ -83,31 +59,32 @@ def planned_jobs(workdir: Path, configfile: Path) -> list[tuple[str, dict[str, s
     return jobs
 
 
-def test_snakemake_lint_is_clean(tmp_path: Path) -> None:
-    done = run_snakemake(tmp_path, "--lint", configfile=REPO / "config" / "config.yaml")
+def test_snakemake_lint_is_clean(snakemake, tmp_path: Path) -> None:
+    done = snakemake(tmp_path, "--lint", configfile=REPO / "config" / "config.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Congratulations, your workflow is in a good condition" in done.stdout + done.stderr
     assert "Lints for" not in done.stdout + done.stderr
 
 
-def test_paper_config_plans_the_full_grid(tmp_path: Path) -> None:
-    done = run_snakemake(tmp_path, "-n", "--quiet", "rules", configfile=REPO / "config" / "paper.yaml")
+def test_paper_config_plans_the_full_grid(snakemake, tmp_path: Path) -> None:
+    done = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=REPO / "config" / "paper.yaml")
     assert done.returncode == 0, done.stderr
     assert job_counts(done.stdout + done.stderr) == Counter(PAPER_JOBS)
 
 
-def test_paper_config_requests_one_gpu_per_training_job(tmp_path: Path) -> None:
-    done = run_snakemake(tmp_path, "-n", "--printshellcmds", configfile=REPO / "config" / "paper.yaml")
+def test_paper_config_requests_one_gpu_per_training_job(snakemake, tmp_path: Path) -> None:
+    done = snakemake(tmp_path, "-n", "--printshellcmds", configfile=REPO / "config" / "paper.yaml")
     assert done.returncode == 0, done.stderr
-    train_blocks = [b for b in re.split(r"\n(?=(?:local)?rule )", done.stdout) if b.startswith("rule train_sdn:")]
+    blocks = re.split(r"\n(?=(?:local)?rule )", done.stdout)
+    train_blocks = [b for b in blocks if b.startswith("rule train:") and "variant=sdn" in b]
     assert len(train_blocks) == 12
     assert all("gpu=1" in block for block in train_blocks)
     assert all("--device cuda" in block and "--epochs" not in block for block in train_blocks)
     assert all('SDN_MLFLOW_TAGS="{\\"git_commit\\": \\"${SDN_GIT_COMMIT}\\"' in block for block in train_blocks)
 
 
-def test_default_config_uses_short_schedules(tmp_path: Path) -> None:
-    done = run_snakemake(tmp_path, "-n", "--printshellcmds", configfile=REPO / "config" / "config.yaml")
+def test_default_config_uses_short_schedules(snakemake, tmp_path: Path) -> None:
+    done = snakemake(tmp_path, "-n", "--printshellcmds", configfile=REPO / "config" / "config.yaml")
     assert done.returncode == 0, done.stderr
     commands = re.findall(r"sdn train [^\n]*", done.stdout)
     assert len(commands) == 8  # 2 archs x (cnn, ic_only, sdn) + backdoored cnn + its IC-only SDN
@@ -115,19 +92,17 @@ def test_default_config_uses_short_schedules(tmp_path: Path) -> None:
     assert all("--device cpu" in c for c in commands)
 
 
-def test_cifar10_jpeg_config_reads_the_local_imagefolder(tmp_path: Path) -> None:
-    done = run_snakemake(tmp_path, "-n", "--printshellcmds", configfile=REPO / "config" / "cifar10-jpeg.yaml")
+def test_cifar10_jpeg_config_reads_the_local_imagefolder(snakemake, tmp_path: Path) -> None:
+    done = snakemake(tmp_path, "-n", "--printshellcmds", configfile=REPO / "config" / "cifar10-jpeg.yaml")
     assert done.returncode == 0, done.stderr
     assert "sdn prepare-data --dataset imagefolder --data-root data/cifar10-jpeg --holdout 5000" in done.stdout
     assert "--url" not in done.stdout
 
 
 @pytest.mark.slow
-def test_default_workflow_end_to_end(tmp_path: Path) -> None:
+def test_default_workflow_end_to_end(snakemake, tmp_path: Path) -> None:
     config = REPO / "config" / "config.yaml"
-    done = run_snakemake(
-        tmp_path, "--profile", str(REPO / "workflow/profiles/default"), configfile=config, timeout=3600
-    )
+    done = snakemake(tmp_path, "--profile", str(REPO / "workflow/profiles/default"), configfile=config, timeout=3600)
     assert done.returncode == 0, done.stderr[-6000:]
     results = tmp_path / "results"
 
@@ -149,23 +124,22 @@ def test_default_workflow_end_to_end(tmp_path: Path) -> None:
     assert backdoor
 
     # the HTML report with captions
-    html = run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"), configfile=config)
+    html = snakemake(tmp_path, "--report", str(tmp_path / "report.html"), configfile=config)
     assert html.returncode == 0, html.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 10_000
 
     # a second run does nothing
-    again = run_snakemake(tmp_path, "-n", configfile=config)
+    again = snakemake(tmp_path, "-n", configfile=config)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
     # deleting one checkpoint reruns exactly what depends on it
     (results / "digits" / "mobilenet" / "s0" / "cnn" / "model.pt").unlink()
-    jobs = planned_jobs(tmp_path, config)
+    jobs = planned_jobs(snakemake, tmp_path, config)
     rules = Counter(rule for rule, _ in jobs)
     assert rules == Counter(
         {
-            "train_cnn": 1,
-            "train_ic_only": 1,
+            "train": 2,  # cnn and ic_only
             "evaluate": 2,  # cnn and ic_only outputs
             "early_exit": 1,
             "overthinking": 1,
@@ -230,7 +204,7 @@ def check_mlflow_runs(store: Path, expected_jobs: int) -> None:
         assert len(runs) == expected_jobs, Counter(t.get("rule") for t in tags)
         assert len({t["workflow_id"] for t in tags}) == 1
         assert all(t.get("git_commit") for t in tags)
-        trained = [t for t in tags if t.get("rule") == "train_cnn"]
+        trained = [t for t in tags if t.get("rule") == "train" and t.get("wildcard.variant") == "cnn"]
         assert sorted(t["wildcard.arch"] for t in trained) == ["mobilenet", "resnet56"]
         assert all(run["info"]["status"] == "FINISHED" for run in runs)
     finally:
@@ -241,8 +215,8 @@ def check_mlflow_runs(store: Path, expected_jobs: int) -> None:
             server.kill()
 
 
-def test_jobs_carry_mlflow_tags_expanded_by_their_shell(tmp_path: Path) -> None:
-    done = run_snakemake(
+def test_jobs_carry_mlflow_tags_expanded_by_their_shell(snakemake, tmp_path: Path) -> None:
+    done = snakemake(
         tmp_path,
         "-n",
         "--printshellcmds",
@@ -255,12 +229,12 @@ def test_jobs_carry_mlflow_tags_expanded_by_their_shell(tmp_path: Path) -> None:
     assert "wf-test-123" not in done.stdout
     words = re.findall(r'SDN_MLFLOW_TAGS="(?:[^"\\]|\\.)*"', done.stdout)
     assert len(words) == 38  # every job but `all` and `resolved_config`
-    train = next(w for w in words if "train_ic_only" in w and "mobilenet" in w)
+    train = next(w for w in words if '\\"train\\"' in w and '\\"ic_only\\"' in w and "mobilenet" in w)
     shell = f'SDN_WORKFLOW_ID=wf-1 SDN_GIT_COMMIT=abc; {train}; printf %s "$SDN_MLFLOW_TAGS"'
     expanded = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
     assert json.loads(expanded.stdout) == {
-        "rule": "train_ic_only",
-        "wildcards": {"dataset": "digits", "arch": "mobilenet", "seed": "0"},
+        "rule": "train",
+        "wildcards": {"dataset": "digits", "arch": "mobilenet", "seed": "0", "variant": "ic_only"},
         "workflow_id": "wf-1",
         "git_commit": "abc",
     }

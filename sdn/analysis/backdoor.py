@@ -1,8 +1,8 @@
-"""The backdoor experiment (paper §4/§5, spec §6): BadNets poisoning and the analysis of a backdoored SDN.
+"""The backdoor experiment's analysis (paper §5, spec §6): how a backdoored CNN and its IC-only SDN answer.
 
-Poisoning works on uint8 image tensors [N, 3, H, W] (the prepared-data format) and never mutates its input.
-The analysis is a pure function of the cached per-exit logits of the backdoored CNN and of the IC-only SDN built
-from it (``outputs.npz`` with splits ``holdout``, ``test`` and ``test_triggered``).
+The poisoning itself is :mod:`sdn.data.backdoor`. The analysis is a pure function of the cached per-exit logits of
+the backdoored CNN and of the IC-only SDN built from it (``outputs.npz`` with splits ``holdout``, ``test`` and
+``test_triggered``).
 """
 
 from __future__ import annotations
@@ -12,118 +12,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from sdn.analysis import early_exit
-from sdn.analysis.arrays import exit_costs, load_split, softmax, validate_logits
+from sdn.analysis.arrays import softmax
 from sdn.analysis.early_exit import DEFAULT_TOLERANCE
-from sdn.data import TensorSplit
+from sdn.outputs import exit_costs, load_split, validate_logits
 
-REFERENCE_SIZE = 32  # the default trigger is defined for 32 x 32 images (CIFAR-10)
 SPLITS = ("holdout", "test", "test_triggered")
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """A solid square stamped onto every channel: top-left corner at column ``x``, row ``y``; side ``size``.
-
-    The default is the original code's: a 5x5 white square at (26, 26) of a 32x32 image (pixels 26..30).
-    """
-
-    size: int = 5
-    x: int = 26
-    y: int = 26
-    value: int = 255
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"trigger size must be >= 1 pixel, got {self.size}")
-        if self.x < 0 or self.y < 0:
-            raise ValueError(f"trigger position (x={self.x}, y={self.y}) must be >= 0")
-        if not 0 <= self.value <= 255:
-            raise ValueError(f"trigger value must be a uint8 value in [0, 255], got {self.value}")
-
-    def scaled_to(self, input_size: int, reference_size: int = REFERENCE_SIZE) -> Trigger:
-        """The same trigger for ``input_size`` images: position and size scaled by input_size / reference_size."""
-        if input_size < 1:
-            raise ValueError(f"input size must be >= 1, got {input_size}")
-        factor = input_size / reference_size
-        return Trigger(
-            size=max(1, round(self.size * factor)),
-            x=round(self.x * factor),
-            y=round(self.y * factor),
-            value=self.value,
-        )
-
-    def check_fits(self, height: int, width: int) -> None:
-        """Raise ValueError unless the square lies inside a ``height`` x ``width`` image."""
-        if self.x + self.size > width or self.y + self.size > height:
-            raise ValueError(
-                f"trigger of size {self.size} at (x={self.x}, y={self.y}) covers columns "
-                f"{self.x}..{self.x + self.size - 1} and rows {self.y}..{self.y + self.size - 1}, "
-                f"which does not fit a {height}x{width} image (need x + size <= {width} and y + size <= {height})"
-            )
-
-
-def apply_trigger(images: torch.Tensor, trigger: Trigger) -> torch.Tensor:
-    """A copy of uint8 ``images`` [N, C, H, W] with the trigger square set to ``trigger.value`` on every channel."""
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(
-            f"images must be a uint8 tensor [N, C, H, W], got dtype {images.dtype} and shape {tuple(images.shape)}"
-        )
-    trigger.check_fits(images.shape[2], images.shape[3])
-    out = images.clone()
-    out[:, :, trigger.y : trigger.y + trigger.size, trigger.x : trigger.x + trigger.size] = trigger.value
-    return out
-
-
-def poison(
-    split: TensorSplit, trigger: Trigger, *, target: int = 5, rate: float = 0.1, seed: int = 0
-) -> tuple[TensorSplit, torch.Tensor]:
-    """BadNets poisoning of a training split.
-
-    ``round(rate * N)`` samples (N = the whole split) are drawn without replacement, with a generator seeded by
-    ``seed``, among the samples whose label is NOT ``target`` (stamping a target-class image teaches nothing);
-    their images get the trigger and their labels become ``target``. Returns the new split and the sorted
-    indices of the poisoned samples (int64). The input split is not modified.
-    """
-    labels = split.labels
-    _check_target(target, labels)
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"poison rate must be a fraction in [0, 1], got {rate}")
-    candidates = torch.nonzero(labels != target).flatten()
-    count = round(rate * labels.numel())
-    if count > candidates.numel():
-        raise ValueError(
-            f"poison rate {rate} asks for {count} samples but only {candidates.numel()} of {labels.numel()} "
-            f"are not of the target class {target}"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
-    chosen = torch.sort(chosen).values
-    images = split.images.clone()
-    images[chosen] = apply_trigger(split.images[chosen], trigger)
-    new_labels = labels.clone()
-    new_labels[chosen] = target
-    return TensorSplit(images=images, labels=new_labels), chosen
-
-
-def triggered_split(split: TensorSplit, trigger: Trigger, *, target: int = 5) -> tuple[TensorSplit, torch.Tensor]:
-    """Every sample NOT of class ``target``, with the trigger on and its TRUE label kept; plus their indices."""
-    _check_target(target, split.labels)
-    keep = torch.nonzero(split.labels != target).flatten()
-    images = apply_trigger(split.images[keep], trigger)
-    return TensorSplit(images=images, labels=split.labels[keep].clone()), keep
-
-
-def _check_target(target: int, labels: torch.Tensor) -> None:
-    if labels.dtype != torch.int64 or labels.ndim != 1:
-        raise ValueError(f"labels must be an int64 tensor [N], got dtype {labels.dtype}, shape {tuple(labels.shape)}")
-    if target < 0:
-        raise ValueError(f"target class must be >= 0, got {target}")
-
-
-# ---------------------------------------------------------------------------------------------------- analysis
 
 
 def accuracy_per_exit(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from sdn.analysis import early_exit as ee
-from sdn.analysis.arrays import exit_costs, load_split, softmax
+from sdn.analysis.arrays import softmax
+from sdn.outputs import exit_costs, exit_names, load_split
 
 DEFAULT_BINS = 15
 
@@ -64,7 +65,7 @@ def early_exit_probs(probs: np.ndarray, result: ee.ExitResult) -> np.ndarray:
     return np.asarray(probs)[result.output_index, np.arange(result.output_index.shape[0])]
 
 
-def analyse(
+def analyze(
     outputs: Mapping[str, np.ndarray],
     *,
     split: str = "test",
@@ -131,10 +132,6 @@ def analyse(
         },
     }
     return {"table": table, "reliability": reliability, "summary": summary}
-
-
-def exit_names(num_exits: int) -> list[str]:
-    return [f"IC{e + 1}" for e in range(num_exits - 1)] + ["final"]
 
 
 def plot_reliability(result: Mapping[str, Any], path_without_suffix: str) -> None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdn.analysis.arrays import softmax, validate_logits
+from sdn.analysis.arrays import softmax
+from sdn.outputs import validate_logits
 
 
 def confusion_scores(logits: np.ndarray) -> np.ndarray:
@@ -135,7 +136,7 @@ class ConfusionResult:
     summary: dict[str, object]
 
 
-def analyse(
+def analyze(
     logits: np.ndarray,
     labels: np.ndarray,
     norm_logits: np.ndarray,

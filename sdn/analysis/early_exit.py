@@ -13,7 +13,7 @@ charged the final exit's cost. The cost of exiting at e is ``exit_cost_fraction[
 plus every IC evaluated so far) as a fraction of the CNN's.
 
 Thresholds are chosen on the held-out split only (:func:`choose_by_tolerance`, :func:`choose_by_budget`) and then
-reported on the test split (:func:`analyse`).
+reported on the test split (:func:`analyze`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from sdn.analysis.arrays import exit_costs, load_split, softmax, validate_costs, validate_probs
+from sdn.analysis.arrays import softmax, validate_probs
+from sdn.outputs import exit_costs, load_split, validate_costs
 
 Policy = Literal["confidence", "entropy", "patience"]
 Fallback = Literal["final", "most-confident"]
@@ -273,7 +274,7 @@ def budget_rule(budget: float) -> str:
     return f"budget_{budget:g}"
 
 
-def analyse(
+def analyze(
     outputs: Mapping[str, np.ndarray],
     *,
     policies: Sequence[str] = POLICIES,

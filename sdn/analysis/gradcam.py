@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdn.analysis.arrays import validate_logits
 from sdn.models.multiexit import MultiExitNet
+from sdn.outputs import validate_logits
 
 
 class SingleExit(nn.Module):

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdn.analysis.arrays import softmax, validate_logits
+from sdn.analysis.arrays import softmax
+from sdn.outputs import exit_names, validate_logits
 
 # The original script's cost of reaching IC i (the placement targets, not measured costs); the final head costs 1.0.
 NOMINAL_IC_COSTS: tuple[float, ...] = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
@@ -138,11 +139,6 @@ def _masked_means(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = np.full(values.shape[0], np.nan)
     np.divide(sums, counts, out=out, where=counts > 0)
     return out
-
-
-def exit_names(num_exits: int) -> list[str]:
-    """Display names of the exits: ``IC1 .. IC{E-1}`` then ``final``."""
-    return [f"IC{i + 1}" for i in range(num_exits - 1)] + ["final"]
 
 
 def finite_or_none(value: float | None) -> float | None:

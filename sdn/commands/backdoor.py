@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
 NAME = "backdoor"
 HELP = "Backdoor experiment: 'poison' writes BadNets-poisoned prepared data, 'analyze' measures the SDN's defence."
-
-DEFAULT_TRIGGER = (5, 26, 26)  # size, x, y for 32x32 images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,86 +59,9 @@ def run(args: argparse.Namespace) -> int:
     return int(args._backdoor(args))
 
 
-def resolve_trigger(input_size: int, size: int | None, x: int | None, y: int | None, value: int) -> Any:
-    """The default trigger scaled to ``input_size``; any of size/x/y given explicitly is used as is."""
-    from sdn.analysis.backdoor import Trigger
-
-    scaled = Trigger(*DEFAULT_TRIGGER, value=value).scaled_to(input_size)
-    return Trigger(
-        size=scaled.size if size is None else size,
-        x=scaled.x if x is None else x,
-        y=scaled.y if y is None else y,
-        value=value,
-    )
-
-
-def write_poisoned(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    trigger: Any,
-    target: int,
-    rate: float,
-    seed: int,
-) -> Path:
-    """Write the poisoned prepared-data folder (format of docs/internals.md); meta.json is written last."""
-    from sdn.analysis.backdoor import poison, triggered_split
-    from sdn.data import load_prepared
-    from sdn.io import atomic_path, load_torch, save_torch, write_json
-
-    clean = load_prepared(data_dir)
-    num_classes = int(clean.info.num_classes)
-    if not 0 <= target < num_classes:
-        raise ValueError(f"--target {target} is not a class of {clean.info.name} (0..{num_classes - 1})")
-    size = int(clean.info.input_size)
-    trigger.check_fits(size, size)
-    src, out = Path(data_dir), Path(out_dir)
-    if src.resolve() == out.resolve():
-        raise ValueError(f"--out must differ from --data ({src}): the clean data must stay clean")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # the folder is untrusted until the new meta.json lands
-
-    train_blob = load_torch(src / "train.pt")
-    poisoned, chosen = poison(clean.split("train"), trigger, target=target, rate=rate, seed=seed)
-    save_torch({**train_blob, "images": poisoned.images, "labels": poisoned.labels}, out / "train.pt")
-    for split in ("holdout", "test"):
-        with atomic_path(out / f"{split}.pt") as tmp:
-            shutil.copyfile(src / f"{split}.pt", tmp)
-    test_blob = load_torch(src / "test.pt")
-    triggered, kept = triggered_split(clean.split("test"), trigger, target=target)
-    blob = {"images": triggered.images, "labels": triggered.labels}
-    if "indices" in test_blob:
-        blob["indices"] = test_blob["indices"][kept]
-    save_torch(blob, out / "test_triggered.pt")
-
-    meta = dict(clean.meta)
-    meta["sizes"] = {**meta.get("sizes", {}), "test_triggered": len(triggered)}
-    meta["backdoor"] = {
-        "attack": "badnets",
-        "clean_data": str(src),
-        "target": target,
-        "rate": rate,
-        "seed": seed,
-        "trigger": {"size": trigger.size, "x": trigger.x, "y": trigger.y, "value": trigger.value},
-        "poisoned_count": int(chosen.numel()),
-        "poisoned_indices": "poisoned_indices.json (positions in train.pt)",
-        "test_triggered": "every test sample not of the target class, trigger on, TRUE labels",
-    }
-    write_json(out / "poisoned_indices.json", chosen.tolist())
-    write_json(out / "meta.json", meta)
-    log.info(
-        "poisoned %d of %d training samples (target %d); %d triggered test samples -> %s",
-        chosen.numel(),
-        len(poisoned),
-        target,
-        len(triggered),
-        out,
-    )
-    return out
-
-
 def run_poison(args: argparse.Namespace) -> int:
     from sdn.data import load_prepared
+    from sdn.data.backdoor import resolve_trigger, write_poisoned
 
     info = load_prepared(args.data).info
     trigger = resolve_trigger(
@@ -150,15 +69,6 @@ def run_poison(args: argparse.Namespace) -> int:
     )
     write_poisoned(args.data, args.out, trigger=trigger, target=args.target, rate=args.rate, seed=args.seed)
     return 0
-
-
-def load_outputs(path: str | Path) -> dict[str, np.ndarray]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"no outputs file {file}; run `sdn evaluate` with splits holdout,test,test_triggered")
-    from sdn.analysis.arrays import load_outputs as load_arrays  # widens published float16 logits
-
-    return load_arrays(file)
 
 
 def write_analysis(result: Any, out_dir: str | Path) -> list[Path]:
@@ -176,6 +86,7 @@ def write_analysis(result: Any, out_dir: str | Path) -> list[Path]:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from sdn.analysis.backdoor import analyze
+    from sdn.outputs import load as load_outputs
 
     result = analyze(
         load_outputs(args.cnn_outputs),

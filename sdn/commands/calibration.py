@@ -48,10 +48,10 @@ def write_calibration(outputs: Path, out_dir: Path, **options: Any) -> dict[str,
     import pandas as pd
 
     from sdn.analysis import calibration as cal
-    from sdn.analysis.arrays import load_outputs
     from sdn.io import atomic_path, write_json
+    from sdn.outputs import load as load_outputs
 
-    result = cal.analyse(load_outputs(outputs), **options)
+    result = cal.analyze(load_outputs(outputs), **options)
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "ece.csv") as tmp:
         result["table"].to_csv(tmp, index=False)

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--cnn-outputs", type=Path, default=None, help="outputs.npz of the CNN (confidence baseline)")
     parser.add_argument("--norm-split", default="holdout", help="split giving the normalisation mean/std")
-    parser.add_argument("--split", default="test", help="split to analyse")
+    parser.add_argument("--split", default="test", help="split to analyze")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +41,14 @@ def write_confusion(
 ) -> dict[str, object]:
     """Compute the analysis and write confusion.csv, summary.json and confusion_hist.{png,pdf} into ``out_dir``."""
     from sdn.analysis import confusion as cf
-    from sdn.analysis.arrays import load_outputs, load_split
     from sdn.io import write_json, write_text
+    from sdn.outputs import load as load_outputs
+    from sdn.outputs import load_split
 
     arrays = load_outputs(outputs)
     logits, labels = load_split(arrays, split)
     norm_logits, _ = load_split(arrays, norm_split)
-    result = cf.analyse(logits, labels, norm_logits, split=split, norm_split=norm_split)
+    result = cf.analyze(logits, labels, norm_logits, split=split, norm_split=norm_split)
     doc = dict(result.summary)
     doc["outputs"] = str(outputs)
     table = pd.DataFrame(

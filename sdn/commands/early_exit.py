@@ -64,13 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_early_exit(outputs: Path, out_dir: Path, **options: Any) -> dict[str, Any]:
-    """Run :func:`sdn.analysis.early_exit.analyse` and write sweep_{policy}.csv, chosen.csv, chosen.md,
+    """Run :func:`sdn.analysis.early_exit.analyze` and write sweep_{policy}.csv, chosen.csv, chosen.md,
     summary.json, accuracy_vs_cost.{png,pdf} and exit_histogram.{png,pdf} into ``out_dir``; return the summary."""
     from sdn.analysis import early_exit as ee
-    from sdn.analysis.arrays import load_outputs
     from sdn.io import atomic_path, write_json, write_text
+    from sdn.outputs import load as load_outputs
 
-    result = ee.analyse(load_outputs(outputs), **options)
+    result = ee.analyze(load_outputs(outputs), **options)
     out_dir = Path(out_dir)
     for policy, table in result["sweeps"].items():
         with atomic_path(out_dir / f"sweep_{policy}.csv") as tmp:

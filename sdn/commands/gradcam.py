@@ -51,18 +51,15 @@ def make_gradcam(
     device: str = "cpu",
 ) -> pd.DataFrame:
     """Select destructive samples from the cached outputs, compute both CAMs, write the figure and samples.csv."""
-    from sdn.analysis.arrays import load_split
     from sdn.analysis.gradcam import NoDestructiveSampleError, grad_cam, gradcam_figure, select_destructive
+    from sdn.checkpoint import load_checkpoint
     from sdn.data import DeviceLoader, TensorSplit, load_prepared
     from sdn.io import write_text
+    from sdn.outputs import load, load_split
     from sdn.report.plots import new_figure, savefig
-    from sdn.train import load_checkpoint
 
     outputs_file = Path(outputs)
-    if not outputs_file.is_file():
-        raise FileNotFoundError(f"no outputs file {outputs_file}; run `sdn evaluate` first")
-    with np.load(outputs_file) as arrays:
-        logits, labels = load_split({k: arrays[k] for k in arrays.files}, split)
+    logits, labels = load_split(load(outputs_file), split)
     data = load_prepared(data_dir)
     samples = data.split(split)
     if not np.array_equal(samples.labels.numpy(), labels):

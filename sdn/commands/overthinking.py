@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outputs", type=Path, required=True, help="outputs.npz written by `sdn evaluate`")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--split", default="test", help="split of outputs.npz to analyse")
+    parser.add_argument("--split", default="test", help="split of outputs.npz to analyze")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
 def write_overthinking(outputs: Path, out_dir: Path, *, split: str = "test") -> dict[str, object]:
     """Compute the analysis and write wasteful.csv, destructive.csv, summary.json, overthinking.{png,pdf}."""
     from sdn.analysis import overthinking as ot
-    from sdn.analysis.arrays import exit_costs, load_outputs, load_split
     from sdn.io import write_json, write_text
+    from sdn.outputs import exit_costs, exit_names, load_split
+    from sdn.outputs import load as load_outputs
 
     arrays = load_outputs(outputs)
     logits, labels = load_split(arrays, split)
@@ -41,7 +42,7 @@ def write_overthinking(outputs: Path, out_dir: Path, *, split: str = "test") -> 
     doc = ot.summary(waste, destroy, exit_fraction, split=split)
     doc["outputs"] = str(outputs)
 
-    names = ot.exit_names(num_exits)
+    names = exit_names(num_exits)
     nominal = ot.nominal_exit_costs(num_exits)
     wasteful_table = pd.DataFrame(
         {

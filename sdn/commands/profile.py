@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 NAME = "profile"
 HELP = "Print the parameters, MACs and ops (paper convention) of the CNN and of reaching every exit."
@@ -47,9 +48,29 @@ def format_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from sdn.cost import profile_arch
+def profile_arch(
+    arch: str, dataset: str, exits: str | list[int] | tuple[int, ...] | None = "paper", *, convention: str = "paper"
+) -> dict[str, Any]:
+    """The ``sdn profile --json`` document of a registered architecture on a data set's input shape."""
+    import torch
 
+    from sdn.data.datasets import dataset_shape
+    from sdn.models import create
+    from sdn.models.cost import profile_model
+
+    num_classes, input_size = dataset_shape(dataset)
+    with torch.random.fork_rng(devices=[]):
+        model = create(arch, num_classes=num_classes, input_size=input_size, exits=exits)
+    cost = profile_model(model, input_size, convention=convention)  # type: ignore[arg-type]
+    return {
+        "arch": arch,
+        "dataset": dataset,
+        "cnn": cost.cnn.as_dict(),
+        "exits": [e.as_dict() for e in cost.exits],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
     doc = profile_arch(args.arch, args.dataset, parse_exits(args.exits), convention=args.convention)
     print(json.dumps(doc, indent=2) if args.json else format_table(doc))
     return 0

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
 def provenance_line(found_commits: list[str], config_json: Path | None) -> str:
     """Git commit of this code and of the checkpoints, generation date and the config used."""
-    from sdn.train import git_commit
+    from sdn.checkpoint import git_commit
 
     parts = [
         f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `sdn report`",

@@ -85,8 +85,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdn.checkpoint import read_meta
     from sdn.config import paper_recipe
-    from sdn.io import read_json
     from sdn.tracking import track
     from sdn.train import train
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             cuda_graph=args.cuda_graph,
             on_epoch=lambda epoch, metrics: tracked.log_metrics(_numeric(metrics), step=epoch),
         )
-        meta = read_json(model_path.parent / "meta.json")
+        meta = read_meta(model_path.parent)
         final = {f"final_holdout_top1_exit{i}": a for i, a in enumerate(meta["holdout_accuracy"])}
         tracked.log_metrics(final)
         tracked.set_tags({"variant": recipe.kind, "arch": args.arch, "dataset": meta["dataset"]})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,27 @@ class PreparedData:
     info: DatasetInfo
     _cache: dict[str, TensorSplit] = field(default_factory=dict, repr=False)
 
+    @property
+    def splits(self) -> list[str]:
+        """The split names present in the folder (one ``{split}.pt`` file each), sorted."""
+        return sorted(p.stem for p in self.path.glob("*.pt"))
+
+    def has_split(self, name: str) -> bool:
+        return (self.path / f"{name}.pt").is_file()
+
+    def require_splits(self, names: Sequence[str]) -> None:
+        """Raise ValueError naming the splits of ``names`` the folder lacks and those it has."""
+        missing = [s for s in names if not self.has_split(s)]
+        if missing:
+            raise ValueError(
+                f"split(s) {missing} not found in {self.path}; available splits: {', '.join(self.splits) or 'none'}"
+            )
+
     def split(self, name: str) -> TensorSplit:
         if name not in self._cache:
             file = self.path / f"{name}.pt"
             if not file.is_file():
-                present = sorted(p.stem for p in self.path.glob("*.pt"))
+                present = self.splits
                 raise FileNotFoundError(f"no split {name!r} in {self.path} (present: {', '.join(present) or 'none'})")
             blob = load_torch(file)
             self._cache[name] = TensorSplit(blob["images"], blob["labels"])

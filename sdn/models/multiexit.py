@@ -106,9 +106,6 @@ class MultiExitNet(nn.Module):
     def backbone_modules(self) -> list[nn.Module]:
         return [self.stem, self.blocks, self.head]
 
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k.startswith(BACKBONE_PREFIXES)}
-
     def load_backbone_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load a CNN's (or SDN's) backbone weights; the exits keep their own (fresh) weights.
 

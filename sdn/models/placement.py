@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
+from sdn.models.cost import profile_model
 from sdn.models.multiexit import MultiExitNet
+from sdn.models.registry import ArchSpec
 
-if TYPE_CHECKING:
-    from sdn.models.registry import ArchSpec, ExitsArg
-
+ExitsArg = str | Sequence[int] | None
 NAMED = ("paper", "paper-original", "none")
 COST_PREFIX = "cost:"
 
@@ -94,8 +93,6 @@ def cost_placement(
 ) -> tuple[int, ...]:
     """Blocks whose cumulative backbone ops (paper convention, measured on the plain CNN) are closest to
     ``fractions`` of the CNN's ops. Built under a forked RNG so the caller's random stream is untouched."""
-    from sdn.cost import profile_model
-
     with torch.random.fork_rng(devices=[]):
         parts = spec.builder(num_classes=num_classes, input_size=input_size)
     cnn = MultiExitNet(parts, num_classes=num_classes, input_size=input_size)

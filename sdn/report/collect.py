@@ -2,12 +2,11 @@
 
 Layout read (docs/internals.md): ``{results}/{dataset}/{arch}/s{seed}/{variant}/`` with ``meta.json``,
 ``metrics.json`` and ``analysis/{early_exit,overthinking,confusion,calibration}/summary.json``, and the backdoor
-experiment's summary from ``{variant}/analysis/backdoor/summary.json`` of the backdoored SDN (where the workflow
-writes it) or ``{results}/{dataset}/{arch}/s{seed}/backdoor/summary.json``. Figures are picked up from every folder
-under ``analysis/`` (gradcam and backdoor included). A missing file is recorded as absent
-("not run"); an unreadable one is absent too, with a line in ``Collection.problems``. A ``metrics.json`` holding
-an impossible value (an accuracy outside 0..100, NaN or infinity anywhere) is an error naming the file and the key:
-such numbers must never reach the report's tables.
+experiment's summary from ``bd_ic_only/analysis/backdoor/summary.json`` (the backdoored SDN's folder, where the
+workflow writes it). Figures are picked up from every folder under ``analysis/`` (gradcam and backdoor included).
+A missing file is recorded as absent ("not run"); an unreadable one is absent too, with a line in
+``Collection.problems``. A ``metrics.json`` holding an impossible value (an accuracy outside 0..100, NaN or infinity
+anywhere) is an error naming the file and the key: such numbers must never reach the report's tables.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ from typing import Any
 
 VARIANTS: tuple[str, ...] = ("cnn", "ic_only", "sdn", "bd_cnn", "bd_ic_only")
 ANALYSES: tuple[str, ...] = ("early_exit", "overthinking", "confusion", "calibration")
-BACKDOOR_DIR = "backdoor"
-BACKDOOR_VARIANT = "bd_ic_only"
+BACKDOOR_SUMMARY = ("bd_ic_only", "analysis", "backdoor", "summary.json")  # under a run's s{seed} folder
 SKIPPED_TOP_LEVEL = frozenset({"data", "report", "logs", "mlruns"})
 FIGURE_SUFFIXES = (".png", ".pdf")
 _SEED_DIR = re.compile(r"^s(\d+)$")
@@ -65,12 +63,11 @@ class VariantResult:
 
 @dataclass
 class Collection:
-    """Everything found under ``root``: variants by run, backdoor summaries and figures by run."""
+    """Everything found under ``root``: variants by run and backdoor summaries by run."""
 
     root: Path
     variants: dict[RunKey, dict[str, VariantResult]] = field(default_factory=dict)
     backdoor: dict[RunKey, dict[str, Any] | None] = field(default_factory=dict)
-    backdoor_figures: dict[RunKey, list[Path]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -119,12 +116,9 @@ def _collect_run(found: Collection, key: RunKey, seed_dir: Path) -> None:
         if (variant_dir / "analysis").is_dir():
             result.figures = {d.name: _figures(d) for d in _subdirs(variant_dir / "analysis")}
         found.variants.setdefault(key, {})[variant] = result
-    for backdoor_dir in (seed_dir / BACKDOOR_VARIANT / "analysis" / BACKDOOR_DIR, seed_dir / BACKDOOR_DIR):
-        if (backdoor_dir / "summary.json").is_file():
-            found.backdoor[key] = _read(found, backdoor_dir / "summary.json")
-            break
-    if (seed_dir / BACKDOOR_DIR).is_dir():  # figures under bd_ic_only/analysis/ are copied with that variant
-        found.backdoor_figures[key] = _figures(seed_dir / BACKDOOR_DIR)
+    backdoor = seed_dir.joinpath(*BACKDOOR_SUMMARY)
+    if backdoor.is_file():
+        found.backdoor[key] = _read(found, backdoor)
 
 
 def _subdirs(path: Path) -> list[Path]:

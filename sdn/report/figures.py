@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from sdn.io import atomic_path
+from sdn.outputs import exit_names
 from sdn.report.collect import Collection, RunKey
-from sdn.report.summary import ACCURACY_VARIANTS, VARIANT_NAMES, exit_names
+from sdn.report.summary import ACCURACY_VARIANTS, VARIANT_NAMES
 
 
 def accuracy_figure(found: Collection, key: RunKey, path_without_suffix: Path) -> list[Path]:
@@ -34,15 +35,12 @@ def accuracy_figure(found: Collection, key: RunKey, path_without_suffix: Path) -
 
 
 def copy_analysis_figures(found: Collection, figures_dir: Path) -> list[Path]:
-    """Copy every analysis (and backdoor) figure into ``figures_dir`` under its stable name; return the copies."""
+    """Copy every analysis figure (backdoor included) into ``figures_dir`` under its stable name; return them."""
     copies: list[Path] = []
     for key in found.keys:
         for variant, result in sorted(found.variants.get(key, {}).items()):
             for files in result.figures.values():
                 copies += [_copy(f, figures_dir / f"{key.slug}_{variant}_{f.name}") for f in files]
-        copies += [
-            _copy(f, figures_dir / f"{key.slug}_backdoor_{f.name}") for f in found.backdoor_figures.get(key, [])
-        ]
     return copies
 
 

@@ -2,6 +2,7 @@
 
 Units in every table: accuracies and shares in percent, costs as percent of the CNN's cost, AUROC in [0, 1].
 Missing inputs show as empty cells (CSV) or "—" (Markdown), and the status table says what was not run.
+About 500 lines: every table is a short function of the Collection, kept together with the text that cites them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from sdn.outputs import exit_names
 from sdn.report.collect import ANALYSES, VARIANTS, Collection, RunKey, VariantResult
 
 VARIANT_NAMES: dict[str, str] = {
@@ -56,10 +58,6 @@ def dig(doc: Any, *path: Any) -> Any:
 
 def _key_cols(key: RunKey) -> dict[str, Any]:
     return {"dataset": key.dataset, "arch": key.arch, "seed": key.seed}
-
-
-def exit_names(num_exits: int) -> list[str]:
-    return [f"IC{i + 1}" for i in range(num_exits - 1)] + ["final"]
 
 
 def fmt(value: Any, digits: int = 1) -> str:

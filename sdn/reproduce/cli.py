@@ -9,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from sdn.reproduce.grid import PAPER_EPOCHS, VARIANTS
+from sdn.config import PAPER_EPOCHS
+from sdn.reproduce.grid import VARIANTS
 from sdn.reproduce.runner import DEFAULT_TOP_K, REPO, Runner, Settings, log
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from sdn import io
 
 VARIANTS = ("cnn", "ic_only", "sdn")
-PAPER_EPOCHS = {"cnn": 100, "ic_only": 25, "sdn": 100}
 START_ORDER = {"cnn": 0, "sdn": 1, "ic_only": 2}  # the CNN first: it unlocks its IC-only child
 STATE_FILE = "state.json"
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sdn import io
-from sdn.reproduce.compact import compact_outputs
+from sdn.outputs import compact_outputs
 
 MANIFEST = "MANIFEST.sha256"
 RUN_FILES = ("meta.json", "metrics.json", "history.csv")
@@ -94,7 +94,8 @@ def publish_run(
 ) -> Path:
     """Copy a finished run (``sdn train`` + ``sdn evaluate`` outputs) into ``dest`` in the published form.
 
-    ``top_k``: keep only each row's k largest logits (see :mod:`sdn.reproduce.compact`); None keeps all, as float16.
+    ``top_k``: keep only each row's k largest logits (:func:`sdn.outputs.compact_outputs`); None keeps all, as
+    float16.
     """
     run, out = Path(run_dir), Path(dest)
     missing = [name for name in (*RUN_FILES, "outputs.npz") if not (run / name).is_file()]
@@ -117,7 +118,9 @@ def publish_run(
             "bytes": checkpoint.stat().st_size,
         }
     record["logits"] = "float16, shifted so each row's maximum is 0 (softmax and argmax unchanged)" + (
-        f"; only the {top_k} largest per row, the rest as one log-sum-exp (sdn.reproduce.compact)" if top_k else ""
+        f"; only the {top_k} largest per row, the rest as one log-sum-exp (sdn.outputs.compact_outputs)"
+        if top_k
+        else ""
     )
     io.write_json(out / "provenance.json", record)
     return out

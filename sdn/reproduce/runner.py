@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from sdn import io
+from sdn.config import PAPER_EPOCHS
 from sdn.reproduce import pack, publish
-from sdn.reproduce.grid import PAPER_EPOCHS, STATE_FILE, VARIANTS, GridState, Job, grid_jobs, job_status
+from sdn.reproduce.grid import STATE_FILE, VARIANTS, GridState, Job, grid_jobs, job_status
 
 log = logging.getLogger("sdn.reproduce")
 REPO = Path(__file__).resolve().parents[2]

@@ -3,11 +3,11 @@
 
 rule early_exit:
     input:
-        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+        outputs=f"{RUN}/outputs.npz",
     output:
-        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/early_exit/summary.json",
+        summary=f"{RUN}/analysis/early_exit/summary.json",
         figure=report(
-            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/early_exit/accuracy_vs_cost.png",
+            f"{RUN}/analysis/early_exit/accuracy_vs_cost.png",
             caption="../report/early_exit.rst",
             category="Early exits",
             subcategory="{dataset} {arch} s{seed} {variant}",
@@ -29,11 +29,11 @@ rule early_exit:
 
 rule overthinking:
     input:
-        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+        outputs=f"{RUN}/outputs.npz",
     output:
-        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/overthinking/summary.json",
+        summary=f"{RUN}/analysis/overthinking/summary.json",
         figure=report(
-            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/overthinking/overthinking.png",
+            f"{RUN}/analysis/overthinking/overthinking.png",
             caption="../report/overthinking.rst",
             category="Overthinking",
             subcategory="{dataset} {arch} s{seed} {variant}",
@@ -56,12 +56,12 @@ rule overthinking:
 
 rule confusion:
     input:
-        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
-        cnn=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/cnn/outputs.npz",
+        outputs=f"{RUN}/outputs.npz",
+        cnn=f"{run_dir('cnn')}/outputs.npz",
     output:
-        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/confusion/summary.json",
+        summary=f"{RUN}/analysis/confusion/summary.json",
         figure=report(
-            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/confusion/confusion_hist.png",
+            f"{RUN}/analysis/confusion/confusion_hist.png",
             caption="../report/confusion.rst",
             category="Confusion",
             subcategory="{dataset} {arch} s{seed} {variant}",
@@ -83,11 +83,11 @@ rule confusion:
 
 rule calibration:
     input:
-        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
+        outputs=f"{RUN}/outputs.npz",
     output:
-        summary=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/calibration/summary.json",
+        summary=f"{RUN}/analysis/calibration/summary.json",
         figure=report(
-            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/calibration/reliability.png",
+            f"{RUN}/analysis/calibration/reliability.png",
             caption="../report/calibration.rst",
             category="Calibration",
             subcategory="{dataset} {arch} s{seed} {variant}",
@@ -109,12 +109,12 @@ rule calibration:
 
 rule gradcam:
     input:
-        model=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/model.pt",
-        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
-        data=f"{R}/data/{{dataset}}/meta.json",
+        model=f"{RUN}/model.pt",
+        outputs=f"{RUN}/outputs.npz",
+        data=f"{DATA['clean']}/meta.json",
     output:
         figure=report(
-            f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/analysis/gradcam/gradcam.png",
+            f"{RUN}/analysis/gradcam/gradcam.png",
             caption="../report/gradcam.rst",
             category="Grad-CAM",
             subcategory="{dataset} {arch} s{seed} {variant}",

@@ -6,6 +6,9 @@ import sys
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, workflow.basedir)  # the `sdn` package of this checkout: its registry names the architectures
+from sdn.models import list_archs
+
 R = config["results"]
 LOGS = config["logs"]
 CONDA_ENV = "../envs/sdn.yaml"
@@ -14,10 +17,40 @@ GPUS = config["gpu_per_job"]
 DATASETS = sorted(config["datasets"])
 ARCHS = list(config["archs"])
 SEEDS = [str(seed) for seed in config["seeds"]]
-SDN_VARIANTS = ["ic_only", "sdn"]
 ANALYSES = ["early_exit", "overthinking", "confusion", "calibration"]
 BACKDOOR = config["backdoor"]
 
+# Every trained network: variant -> training recipe, training data, parent checkpoint (the CNN whose backbone an
+# IC-only SDN freezes) and the data it is evaluated on. Adding a variant is one row here.
+VARIANTS = {
+    "cnn": {"recipe": "cnn", "data": "clean", "parent": None, "evaluate_on": "clean"},
+    "ic_only": {"recipe": "ic_only", "data": "clean", "parent": "cnn", "evaluate_on": "clean"},
+    "sdn": {"recipe": "sdn", "data": "clean", "parent": None, "evaluate_on": "clean"},
+    "bd_cnn": {"recipe": "cnn", "data": "backdoor", "parent": None, "evaluate_on": "backdoor"},
+    "bd_ic_only": {"recipe": "ic_only", "data": "clean", "parent": "bd_cnn", "evaluate_on": "backdoor"},
+}
+# Prepared data folders and the splits evaluated on each.
+DATA = {"clean": f"{R}/data/{{dataset}}", "backdoor": f"{R}/data/{{dataset}}-backdoor"}
+EVALUATED_SPLITS = {"clean": "holdout,test", "backdoor": "holdout,test,test_triggered"}
+NATURAL_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "clean"]
+BACKDOOR_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "backdoor"]
+SDN_VARIANTS = [v for v in NATURAL_VARIANTS if VARIANTS[v]["recipe"] != "cnn"]  # the analysed ones
+KNOWN_ARCHS = list_archs()
+
+
+def run_dir(variant: str = "{variant}") -> str:
+    """The folder of one trained network (wildcards dataset, arch, seed; variant given or a wildcard)."""
+    return f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{variant}"
+
+
+RUN = run_dir()
+
+# The schema checks that archs are names; the registry says which names exist.
+CONFIGURED_ARCHS = [(f"['archs'][{i}]", a) for i, a in enumerate(ARCHS)]
+CONFIGURED_ARCHS.append(("['backdoor']['arch']", BACKDOOR.get("arch")))
+for key, arch in CONFIGURED_ARCHS:
+    if arch not in (*KNOWN_ARCHS, None):
+        raise ValueError(f"config{key}: {arch!r} is not one of {KNOWN_ARCHS} (registered in sdn.models: `sdn archs`)")
 if BACKDOOR["enabled"] and BACKDOOR.get("dataset") not in config["datasets"]:
     raise ValueError(
         f"config key backdoor.dataset={BACKDOOR.get('dataset')!r} must name one of the configured datasets "
@@ -29,10 +62,10 @@ if BACKDOOR["enabled"] and "arch" not in BACKDOOR:
 
 wildcard_constraints:
     dataset="[a-z][a-z0-9_]*",
-    arch="vgg16bn|resnet56|wrn32_4|mobilenet",
+    arch="|".join(KNOWN_ARCHS),
     seed="[0-9]+",
-    variant="cnn|ic_only|sdn",
-    analysis="early_exit|overthinking|confusion|calibration",
+    variant="|".join(VARIANTS),
+    analysis="|".join(ANALYSES),
 
 
 # --- the environment every job inherits -------------------------------------------------------------------
@@ -133,16 +166,19 @@ def device_options() -> str:
     )
 
 
-def data_dir(dataset: str) -> str:
-    return os.path.join(R, "data", dataset)
+def train_inputs(wildcards) -> dict[str, str]:
+    """The prepared data a variant trains on and, for an IC-only SDN, its parent CNN's model.pt."""
+    row = VARIANTS[wildcards.variant]
+    inputs = {"data": f"{DATA[row['data']]}/meta.json"}
+    if row["parent"]:
+        inputs["parent"] = f"{run_dir(row['parent'])}/model.pt"
+    return {key: path.format(**wildcards) for key, path in inputs.items()}
 
 
-def backdoor_data_dir(dataset: str) -> str:
-    return os.path.join(R, "data", f"{dataset}-backdoor")
-
-
-def model_dir(wildcards, variant: str) -> str:
-    return os.path.join(R, wildcards.dataset, wildcards.arch, f"s{wildcards.seed}", variant)
+def evaluate_inputs(wildcards) -> dict[str, str]:
+    """The model.pt of a variant and the prepared data it is evaluated on."""
+    data = DATA[VARIANTS[wildcards.variant]["evaluate_on"]]
+    return {"model": f"{RUN}/model.pt".format(**wildcards), "data": f"{data}/meta.json".format(**wildcards)}
 
 
 def prepare_options(wildcards) -> str:
@@ -199,36 +235,38 @@ def _runs() -> list[tuple[str, str, str]]:
     return [(d, a, s) for d in DATASETS for a in ARCHS for s in SEEDS]
 
 
+def _in_run(dataset: str, arch: str, seed: str, variant: str, path: str) -> str:
+    return f"{run_dir(variant)}/{path}".format(dataset=dataset, arch=arch, seed=seed)
+
+
+def _backdoor_run() -> tuple[str, str, str]:
+    return BACKDOOR["dataset"], BACKDOOR["arch"], str(BACKDOOR["seed"])
+
+
 def analysis_targets() -> list[str]:
     """Every evaluation and analysis output of the natural (non-backdoor) experiments."""
     targets = []
-    for dataset, arch, seed in _runs():
-        base = os.path.join(R, dataset, arch, f"s{seed}")
-        targets += [os.path.join(base, variant, "metrics.json") for variant in ["cnn", *SDN_VARIANTS]]
+    for run in _runs():
+        targets += [_in_run(*run, variant, "metrics.json") for variant in NATURAL_VARIANTS]
         for variant in SDN_VARIANTS:
-            targets += [
-                os.path.join(base, variant, "analysis", analysis, "summary.json") for analysis in ANALYSES
-            ]
+            targets += [_in_run(*run, variant, f"analysis/{analysis}/summary.json") for analysis in ANALYSES]
         if config["analyses"]["gradcam"]["enabled"]:
-            targets.append(os.path.join(base, "ic_only", "analysis", "gradcam", "gradcam.png"))
+            targets.append(_in_run(*run, "ic_only", "analysis/gradcam/gradcam.png"))
     return targets
 
 
 def backdoor_targets() -> list[str]:
     if not BACKDOOR["enabled"]:
         return []
-    base = os.path.join(R, BACKDOOR["dataset"], BACKDOOR["arch"], f"s{BACKDOOR['seed']}")
-    return [os.path.join(base, "bd_ic_only", "analysis", "backdoor", "summary.json")]
+    return [_in_run(*_backdoor_run(), "bd_ic_only", "analysis/backdoor/summary.json")]
 
 
 def checkpoint_targets() -> list[str]:
     """Every model.pt. Listed as targets so that deleting one checkpoint retrains it (and, through the newer
     file, reruns exactly what depends on it); otherwise Snakemake ignores a missing intermediate file."""
-    variants = ["cnn", *SDN_VARIANTS]
-    targets = [os.path.join(R, d, a, f"s{s}", v, "model.pt") for d, a, s in _runs() for v in variants]
+    targets = [_in_run(*run, variant, "model.pt") for run in _runs() for variant in NATURAL_VARIANTS]
     if BACKDOOR["enabled"]:
-        base = os.path.join(R, BACKDOOR["dataset"], BACKDOOR["arch"], f"s{BACKDOOR['seed']}")
-        targets += [os.path.join(base, variant, "model.pt") for variant in ("bd_cnn", "bd_ic_only")]
+        targets += [_in_run(*_backdoor_run(), variant, "model.pt") for variant in BACKDOOR_VARIANTS]
     return targets
 
 

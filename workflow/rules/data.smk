@@ -3,10 +3,10 @@
 
 rule prepare_data:
     output:
-        train=f"{R}/data/{{dataset}}/train.pt",
-        holdout=f"{R}/data/{{dataset}}/holdout.pt",
-        test=f"{R}/data/{{dataset}}/test.pt",
-        meta=f"{R}/data/{{dataset}}/meta.json",
+        train=f"{DATA['clean']}/train.pt",
+        holdout=f"{DATA['clean']}/holdout.pt",
+        test=f"{DATA['clean']}/test.pt",
+        meta=f"{DATA['clean']}/meta.json",
     log:
         f"{LOGS}/prepare_data/{{dataset}}.log",
     params:

@@ -1,18 +1,18 @@
-# Evaluation: one pass over the held-out and test splits caches every exit's logits (outputs.npz).
+# Evaluation: one pass over the held-out and test splits (and the triggered test split of the backdoor variants)
+# caches every exit's logits (outputs.npz).
 
 
 rule evaluate:
     input:
-        model=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/model.pt",
-        data=f"{R}/data/{{dataset}}/meta.json",
+        unpack(evaluate_inputs),
     output:
-        outputs=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/outputs.npz",
-        metrics=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/{{variant}}/metrics.json",
+        outputs=f"{RUN}/outputs.npz",
+        metrics=f"{RUN}/metrics.json",
     log:
         f"{LOGS}/evaluate/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
     params:
         data=lambda wildcards, input: os.path.dirname(input.data),
-        splits="holdout,test",
+        splits=lambda wildcards: EVALUATED_SPLITS[VARIANTS[wildcards.variant]["evaluate_on"]],
         device=device_options(),
         env=job_env("evaluate"),
     threads: THREADS

@@ -1,74 +1,27 @@
-# Training: the CNN, the IC-only SDN built on it (frozen backbone), and the SDN trained from scratch.
+# Training: one rule for every variant of the table in common.smk (the CNN, the IC-only SDN built on it with a
+# frozen backbone, the SDN trained from scratch, and the backdoor experiment's CNN and IC-only SDN).
 
 
-rule train_cnn:
+rule train:
     input:
-        data=f"{R}/data/{{dataset}}/meta.json",
+        unpack(train_inputs),
     output:
-        model=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/cnn/model.pt",
-        meta=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/cnn/meta.json",
-        history=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/cnn/history.csv",
+        model=f"{RUN}/model.pt",
+        meta=f"{RUN}/meta.json",
+        history=f"{RUN}/history.csv",
     log:
-        f"{LOGS}/train_cnn/{{dataset}}_{{arch}}_s{{seed}}.log",
+        f"{LOGS}/train/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
     params:
-        options=lambda wildcards: train_options("cnn", wildcards.seed),
+        options=lambda wildcards: train_options(VARIANTS[wildcards.variant]["recipe"], wildcards.seed),
         data=lambda wildcards, input: os.path.dirname(input.data),
+        parent=lambda wildcards, input: f" --parent {input.parent}" if "parent" in input.keys() else "",
         out=lambda wildcards, output: os.path.dirname(output.model),
-        env=job_env("train_cnn"),
+        env=job_env("train"),
     threads: THREADS
     resources:
         gpu=GPUS,
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn train --arch {wildcards.arch} --data {params.data} --out {params.out} {params.options}"
-        " > {log} 2>&1"
-
-
-rule train_ic_only:
-    input:
-        data=f"{R}/data/{{dataset}}/meta.json",
-        parent=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/cnn/model.pt",
-    output:
-        model=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/ic_only/model.pt",
-        meta=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/ic_only/meta.json",
-        history=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/ic_only/history.csv",
-    log:
-        f"{LOGS}/train_ic_only/{{dataset}}_{{arch}}_s{{seed}}.log",
-    params:
-        options=lambda wildcards: train_options("ic_only", wildcards.seed),
-        data=lambda wildcards, input: os.path.dirname(input.data),
-        out=lambda wildcards, output: os.path.dirname(output.model),
-        env=job_env("train_ic_only"),
-    threads: THREADS
-    resources:
-        gpu=GPUS,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.env} sdn train --arch {wildcards.arch} --data {params.data} --out {params.out}"
-        " --parent {input.parent} {params.options} > {log} 2>&1"
-
-
-rule train_sdn:
-    input:
-        data=f"{R}/data/{{dataset}}/meta.json",
-    output:
-        model=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/sdn/model.pt",
-        meta=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/sdn/meta.json",
-        history=f"{R}/{{dataset}}/{{arch}}/s{{seed}}/sdn/history.csv",
-    log:
-        f"{LOGS}/train_sdn/{{dataset}}_{{arch}}_s{{seed}}.log",
-    params:
-        options=lambda wildcards: train_options("sdn", wildcards.seed),
-        data=lambda wildcards, input: os.path.dirname(input.data),
-        out=lambda wildcards, output: os.path.dirname(output.model),
-        env=job_env("train_sdn"),
-    threads: THREADS
-    resources:
-        gpu=GPUS,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.env} sdn train --arch {wildcards.arch} --data {params.data} --out {params.out} {params.options}"
-        " > {log} 2>&1"
+        "{params.env} sdn train --arch {wildcards.arch} --data {params.data} --out {params.out}{params.parent}"
+        " {params.options} > {log} 2>&1"

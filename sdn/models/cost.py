@@ -123,7 +123,7 @@ def module_ops(module: nn.Module, inputs: tuple[Any, ...], output: Any, conventi
         return output.numel() * (area if isinstance(module, nn.AdaptiveAvgPool2d) else area - 1)
     if isinstance(module, _FREE_MODULES):
         return 0
-    warnings.warn(f"sdn.cost: no op count for {type(module).__name__}; counted as 0", stacklevel=2)
+    warnings.warn(f"sdn.models.cost: no op count for {type(module).__name__}; counted as 0", stacklevel=2)
     return 0
 
 
@@ -210,23 +210,3 @@ def profile_model(
 
 def _exit_cost(index: int, block: int | None, reach: CostRecord, cnn: CostRecord) -> ExitCost:
     return ExitCost(index, block, reach.params, reach.macs, reach.ops, reach.ops / cnn.ops)
-
-
-def profile_arch(
-    arch: str, dataset: str, exits: str | list[int] | tuple[int, ...] | None = "paper",
-    *, convention: OpsConvention = "paper",
-) -> dict[str, Any]:  # fmt: skip
-    """The ``sdn profile --json`` document of a registered architecture on a data set's input shape."""
-    from sdn.data.datasets import dataset_shape
-    from sdn.models import create
-
-    num_classes, input_size = dataset_shape(dataset)
-    with torch.random.fork_rng(devices=[]):
-        model = create(arch, num_classes=num_classes, input_size=input_size, exits=exits)
-    cost = profile_model(model, input_size, convention=convention)
-    return {
-        "arch": arch,
-        "dataset": dataset,
-        "cnn": cost.cnn.as_dict(),
-        "exits": [e.as_dict() for e in cost.exits],
-    }

@@ -1,0 +1,50 @@
+"""The front door: ``create(name, ...)`` builds a registered backbone with its internal classifiers."""
+
+from __future__ import annotations
+
+from sdn.models.exits import AlphaMode
+from sdn.models.multiexit import MultiExitNet
+from sdn.models.placement import ExitsArg, resolve_exits
+from sdn.models.registry import DEFAULT_IC_INPUT, get_spec
+
+
+def create(
+    name: str,
+    *,
+    num_classes: int,
+    input_size: int,
+    exits: ExitsArg = "paper",
+    alpha_mode: AlphaMode = "bounded",
+    ic_input: str = DEFAULT_IC_INPUT,
+) -> MultiExitNet:
+    """Build architecture ``name`` with its exits.
+
+    ``ic_input``: what an IC reads where the architecture offers a choice (``spec.ic_inputs``): ``"post-relu"``
+    (default, the block's output) or, for resnet56, ``"pre-relu"`` (the block's sum before its last ReLU, as the
+    original code).
+
+    ``exits``: ``"paper"`` (the paper's placement), ``"paper-original"`` (the released code's masks),
+    ``"none"``/``None`` (the plain CNN), ``"cost:0.15,0.3,..."`` (after the block whose cumulative cost is
+    closest to each fraction of the CNN's cost) or an explicit sequence of block indices.
+    """
+    spec = get_spec(name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if input_size not in spec.input_sizes:
+        raise ValueError(f"{name} is defined for input sizes {list(spec.input_sizes)}, got {input_size}")
+    if ic_input not in spec.ic_inputs:
+        raise ValueError(f"{name} offers ic_input {list(spec.ic_inputs)}, got {ic_input!r}")
+    positions = resolve_exits(spec, exits, num_classes=num_classes, input_size=input_size)
+    layout = {"ic_input": ic_input} if ic_input != DEFAULT_IC_INPUT else {}
+    parts = spec.builder(num_classes=num_classes, input_size=input_size, **layout)
+    model = MultiExitNet(
+        parts,
+        num_classes=num_classes,
+        input_size=input_size,
+        exit_positions=positions,
+        alpha_mode=alpha_mode,
+    )
+    if spec.exit_init is not None:
+        for head in model.exits:
+            spec.exit_init(head.linear)
+    return model
