@@ -278,6 +278,21 @@ def test_cli_end_to_end(tmp_path):
     assert "| confidence | tolerance |" in (out / "chosen.md").read_text()
 
 
+def test_cli_marks_the_cnn_and_refuses_other_samples(tmp_path):
+    npz, cnn = tmp_path / "outputs.npz", tmp_path / "cnn.npz"
+    arrays, _ = write_outputs(npz)
+    labels = arrays["test_labels"]
+    cnn_logits = np.eye(5, dtype=np.float32)[np.where(np.arange(len(labels)) % 4 == 0, (labels + 1) % 5, labels)]
+    save_npz(cnn, test_logits=cnn_logits[None], test_labels=labels, exit_fraction=np.array([1.0]))
+    out = tmp_path / "ee"
+    assert main(["early-exit", "--outputs", str(npz), "--cnn-outputs", str(cnn), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cnn_test_accuracy"] == pytest.approx(75.0)  # every fourth sample wrong, by construction
+    assert summary["cnn_outputs"] == str(cnn)
+    save_npz(cnn, test_logits=cnn_logits[None], test_labels=(labels + 1) % 5, exit_fraction=np.array([1.0]))
+    assert main(["early-exit", "--outputs", str(npz), "--cnn-outputs", str(cnn), "--out", str(out)]) == 2
+
+
 def test_cli_budget_below_first_exit_is_a_usage_error(tmp_path, capsys):
     npz = tmp_path / "outputs.npz"
     write_outputs(npz)

@@ -143,7 +143,7 @@ def test_gradcam_figure_grid(tmp_path) -> None:
     pictures = (np.arange(2 * 3 * SIZE * SIZE) % 256).astype(np.uint8).reshape(2, 3, SIZE, SIZE)
     cams = np.random.default_rng(0).random((2, SIZE, SIZE))
     fig = gradcam_figure(pictures, cams, cams, ["a", "b"])
-    assert len(fig.axes) == 6
+    assert len(fig.axes) == 6 + 1  # the panels and the colour bar
     written = savefig(fig, tmp_path / "gradcam")
     assert [p.name for p in written] == ["gradcam.png", "gradcam.pdf"]
     with pytest.raises(ValueError, match="same non-zero number"):

@@ -134,7 +134,7 @@ def analyze(
     return {"table": table, "reliability": reliability, "summary": summary}
 
 
-def plot_reliability(result: Mapping[str, Any], path_without_suffix: str) -> None:
+def plot_reliability(result: Mapping[str, Any], path_without_suffix: str, *, label: str | None = None) -> None:
     """Reliability diagrams: one panel per output (ICs, final, early exit), accuracy per confidence bin."""
     from sdn.report.plots import new_figure, savefig
 
@@ -156,4 +156,4 @@ def plot_reliability(result: Mapping[str, Any], path_without_suffix: str) -> Non
         ax.set_xlabel("confidence")
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
-    savefig(fig, path_without_suffix)
+    savefig(fig, path_without_suffix, label=label)

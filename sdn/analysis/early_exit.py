@@ -389,9 +389,15 @@ def chosen_markdown(chosen: pd.DataFrame, split_report: str = "test") -> str:
     return header + "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_cost(result: Mapping[str, Any], path_without_suffix: str) -> None:
-    """Accuracy vs average cost on the report split, one curve per policy; chosen thresholds and the final
-    exit marked."""
+def plot_accuracy_vs_cost(
+    result: Mapping[str, Any],
+    path_without_suffix: str,
+    *,
+    label: str | None = None,
+    cnn_accuracy: float | None = None,
+) -> None:
+    """Accuracy vs average cost on the report split, one curve per policy; chosen thresholds, the final exit and
+    (given its accuracy on the same split) the CNN at cost 1 marked; ``label`` names the model and data set."""
     from sdn.report.plots import new_figure, savefig
 
     summary = result["summary"]
@@ -427,15 +433,17 @@ def plot_accuracy_vs_cost(result: Mapping[str, Any], path_without_suffix: str) -
         zorder=4,
         label="final exit",
     )
+    if cnn_accuracy is not None:
+        ax.scatter(1.0, cnn_accuracy, marker="D", color="tab:gray", edgecolor="black", zorder=4, label="CNN")
     ax.set_xlabel("average cost (fraction of the CNN)")
     ax.set_ylabel(f"{split} accuracy (%)")
-    ax.set_title("Early exit: accuracy vs cost (* tolerance rule, o budgets)")
+    ax.set_title("Early exit: accuracy vs cost (* tolerance rule, o budgets)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    savefig(fig, path_without_suffix)
+    savefig(fig, path_without_suffix, label=label)
 
 
-def plot_exit_histogram(result: Mapping[str, Any], path_without_suffix: str) -> None:
+def plot_exit_histogram(result: Mapping[str, Any], path_without_suffix: str, *, label: str | None = None) -> None:
     """Fraction of report-split samples exiting at each output, per policy, at the tolerance-rule threshold."""
     from sdn.report.plots import new_figure, savefig
 
@@ -453,6 +461,6 @@ def plot_exit_histogram(result: Mapping[str, Any], path_without_suffix: str) -> 
         ax.bar(x + (i - (len(policies) - 1) / 2) * width, counts / counts.sum(), width, label=f"{policy}")
     ax.set_xticks(x, [f"IC{e + 1}" for e in range(num_exits - 1)] + ["final"])
     ax.set_ylabel(f"fraction of {summary['split_report']} samples")
-    ax.set_title("Where samples exit (tolerance-rule thresholds)")
+    ax.set_title("Where samples exit (tolerance-rule thresholds)", fontsize=10)
     ax.legend()
-    savefig(fig, path_without_suffix)
+    savefig(fig, path_without_suffix, label=label)

@@ -122,18 +122,20 @@ def gradcam_figure(images: np.ndarray, cams_first: np.ndarray, cams_final: np.nd
             f"need the same non-zero number of images ({n}), IC1 maps ({cams_first.shape[0]}), final maps "
             f"({cams_final.shape[0]}) and titles ({len(row_titles)})"
         )
-    fig, axes = new_figure(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
+    fig, axes = new_figure(n, 3, figsize=(8.4, 2.4 * n + 0.6), squeeze=False, layout="constrained")
+    overlay = None
     for row in range(n):
         picture = np.transpose(images[row], (1, 2, 0))
         axes[row, 0].imshow(picture)
-        axes[row, 0].set_ylabel(row_titles[row], fontsize=7)
+        axes[row, 0].set_ylabel(row_titles[row], fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
         for col, cam in ((1, cams_first[row]), (2, cams_final[row])):
             axes[row, col].imshow(picture)
-            axes[row, col].imshow(cam, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+            overlay = axes[row, col].imshow(cam, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
         for axis in axes[row]:
             axis.set_xticks([])
             axis.set_yticks([])
     for col, title in enumerate(("image", "IC1 Grad-CAM", "final Grad-CAM")):
-        axes[0, col].set_title(title, fontsize=9)
-    fig.tight_layout()
+        axes[0, col].set_title(title, fontsize=10)
+    colorbar = fig.colorbar(overlay, ax=axes[:, 1:], shrink=min(1.0, 0.9 / n**0.5), pad=0.02)
+    colorbar.set_label("Grad-CAM relevance (0 = none, 1 = most)", fontsize=9)
     return fig

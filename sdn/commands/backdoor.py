@@ -71,7 +71,7 @@ def run_poison(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_analysis(result: Any, out_dir: str | Path) -> list[Path]:
+def write_analysis(result: Any, out_dir: str | Path, label: str | None = None) -> list[Path]:
     """summary.json, per_exit.csv and backdoor.{png,pdf} of a :class:`BackdoorResult` under ``out_dir``."""
     from sdn.analysis.backdoor import backdoor_figure
     from sdn.io import write_json, write_text
@@ -80,7 +80,7 @@ def write_analysis(result: Any, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     write_json(out / "summary.json", result.summary())
     write_text(out / "per_exit.csv", pd.DataFrame(result.per_exit_rows()).to_csv(index=False))
-    figures = savefig(backdoor_figure(result), out / "backdoor")
+    figures = savefig(backdoor_figure(result), out / "backdoor", label=label)
     return [out / "summary.json", out / "per_exit.csv", *figures]
 
 
@@ -96,7 +96,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         fallback=args.fallback,
     )
-    write_analysis(result, args.out)
+    from sdn.report.labels import label_of_outputs
+
+    write_analysis(result, args.out, label_of_outputs(args.sdn_outputs))
     log.info(
         "CNN: clean %.2f%%, triggered %.2f%%, attack success %.2f%%; early exit on triggered: %.2f%% (q=%g)",
         result.cnn_clean_accuracy,

@@ -60,6 +60,8 @@ def write_calibration(outputs: Path, out_dir: Path, **options: Any) -> dict[str,
         bins.to_csv(tmp, index=False)
     summary = {"outputs": str(outputs), **result["summary"]}
     write_json(out_dir / "summary.json", summary)
-    cal.plot_reliability(result, str(out_dir / "reliability"))
+    from sdn.report.labels import label_of_outputs
+
+    cal.plot_reliability(result, str(out_dir / "reliability"), label=label_of_outputs(outputs))
     log.info("calibration analysis of %s written to %s", outputs, out_dir)
     return summary

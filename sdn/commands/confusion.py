@@ -44,6 +44,7 @@ def write_confusion(
     from sdn.io import write_json, write_text
     from sdn.outputs import load as load_outputs
     from sdn.outputs import load_split
+    from sdn.report.labels import label_of_outputs
 
     arrays = load_outputs(outputs)
     logits, labels = load_split(arrays, split)
@@ -77,7 +78,7 @@ def write_confusion(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "confusion.csv", table.to_csv(index=False))
     write_json(out_dir / "summary.json", doc)
-    _plot(result, doc, cnn, out_dir / "confusion_hist")
+    _plot(result, doc, cnn, out_dir / "confusion_hist", label_of_outputs(outputs))
     log.info("%s: AUROC (ours) confusion %s, confidence %s", split, doc["auroc_confusion"], doc["auroc_confidence"])
     return doc
 
@@ -86,7 +87,7 @@ def _fmt_auroc(value: object) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
 
-def _plot(result, doc: dict, cnn: tuple[np.ndarray, np.ndarray] | None, path: Path) -> None:
+def _plot(result, doc: dict, cnn: tuple[np.ndarray, np.ndarray] | None, path: Path, label: str | None) -> None:
     from sdn.report.plots import new_figure, savefig
 
     panels = [
@@ -114,4 +115,4 @@ def _plot(result, doc: dict, cnn: tuple[np.ndarray, np.ndarray] | None, path: Pa
     fig.suptitle(
         f"Confusion on the {doc['split']} split, normalised with {doc['norm_split']} statistics", fontsize=10
     )
-    savefig(fig, path)
+    savefig(fig, path, label=label)

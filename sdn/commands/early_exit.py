@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 NAME = "early-exit"
 HELP = (
     "Early exits: sweep confidence/entropy/patience thresholds, choose them on the held-out split "
@@ -31,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outputs", type=Path, required=True, help="outputs.npz written by `sdn evaluate`")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
+        "--cnn-outputs", type=Path, help="outputs.npz of the CNN the SDN came from: its accuracy is marked at cost 1"
+    )
+    parser.add_argument(
         "--policies", type=_csv_list, default="confidence,entropy,patience", help="comma-separated exit policies"
     )
     parser.add_argument(
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     write_early_exit(
         args.outputs,
         args.out,
+        cnn_outputs=args.cnn_outputs,
         policies=args.policies,
         fallback=args.fallback,
         tolerance=args.tolerance,
@@ -63,14 +69,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_early_exit(outputs: Path, out_dir: Path, **options: Any) -> dict[str, Any]:
+def write_early_exit(
+    outputs: Path, out_dir: Path, *, cnn_outputs: Path | None = None, **options: Any
+) -> dict[str, Any]:
     """Run :func:`sdn.analysis.early_exit.analyze` and write sweep_{policy}.csv, chosen.csv, chosen.md,
-    summary.json, accuracy_vs_cost.{png,pdf} and exit_histogram.{png,pdf} into ``out_dir``; return the summary."""
+    summary.json, accuracy_vs_cost.{png,pdf} and exit_histogram.{png,pdf} into ``out_dir``; return the summary.
+
+    With ``cnn_outputs`` the CNN's final-head accuracy on the report split goes into the summary
+    (``cnn_test_accuracy``) and the figure."""
     from sdn.analysis import early_exit as ee
     from sdn.io import atomic_path, write_json, write_text
     from sdn.outputs import load as load_outputs
+    from sdn.outputs import load_split
+    from sdn.report.labels import label_of_outputs
 
-    result = ee.analyze(load_outputs(outputs), **options)
+    arrays = load_outputs(outputs)
+    result = ee.analyze(arrays, **options)
+    cnn_accuracy = None
+    if cnn_outputs is not None:
+        split = result["summary"]["split_report"]
+        cnn_logits, cnn_labels = load_split(load_outputs(cnn_outputs), split)
+        if not np.array_equal(cnn_labels, load_split(arrays, split)[1]):
+            raise ValueError(f"{cnn_outputs} and {outputs} hold different {split} labels: not the same samples")
+        cnn_accuracy = float(100.0 * (cnn_logits[-1].argmax(axis=-1) == cnn_labels).mean())
     out_dir = Path(out_dir)
     for policy, table in result["sweeps"].items():
         with atomic_path(out_dir / f"sweep_{policy}.csv") as tmp:
@@ -79,8 +100,11 @@ def write_early_exit(outputs: Path, out_dir: Path, **options: Any) -> dict[str, 
         result["chosen"].to_csv(tmp, index=False)
     write_text(out_dir / "chosen.md", ee.chosen_markdown(result["chosen"], result["summary"]["split_report"]))
     summary = {"outputs": str(outputs), **result["summary"]}
+    if cnn_outputs is not None:
+        summary |= {"cnn_outputs": str(cnn_outputs), "cnn_test_accuracy": cnn_accuracy}
     write_json(out_dir / "summary.json", summary)
-    ee.plot_accuracy_vs_cost(result, str(out_dir / "accuracy_vs_cost"))
-    ee.plot_exit_histogram(result, str(out_dir / "exit_histogram"))
+    label = label_of_outputs(outputs)
+    ee.plot_accuracy_vs_cost(result, str(out_dir / "accuracy_vs_cost"), label=label, cnn_accuracy=cnn_accuracy)
+    ee.plot_exit_histogram(result, str(out_dir / "exit_histogram"), label=label)
     log.info("early-exit analysis of %s written to %s", outputs, out_dir)
     return summary

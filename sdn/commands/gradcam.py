@@ -56,6 +56,7 @@ def make_gradcam(
     from sdn.data import DeviceLoader, TensorSplit, load_prepared
     from sdn.io import write_text
     from sdn.outputs import load, load_split
+    from sdn.report.labels import label_of_outputs
     from sdn.report.plots import new_figure, savefig
 
     outputs_file = Path(outputs)
@@ -109,7 +110,8 @@ def make_gradcam(
         f"#{i}: true {classes[t]}\nIC1 {classes[a]} / final {classes[b]}"
         for i, t, a, b in zip(chosen.indices, table["label"], first_pred, final_pred, strict=True)
     ]
-    savefig(gradcam_figure(subset.images.numpy(), cams_first, cams_final, titles), out / "gradcam")
+    label = label_of_outputs(outputs_file)
+    savefig(gradcam_figure(subset.images.numpy(), cams_first, cams_final, titles), out / "gradcam", label=label)
     write_text(out / "samples.csv", table.to_csv(index=False))
     log.info("Grad-CAM of %d samples (%s) -> %s", len(subset), chosen.rule, out)
     return table

@@ -32,6 +32,7 @@ def write_overthinking(outputs: Path, out_dir: Path, *, split: str = "test") -> 
     from sdn.io import write_json, write_text
     from sdn.outputs import exit_costs, exit_names, load_split
     from sdn.outputs import load as load_outputs
+    from sdn.report.labels import label_of_outputs
 
     arrays = load_outputs(outputs)
     logits, labels = load_split(arrays, split)
@@ -69,7 +70,7 @@ def write_overthinking(outputs: Path, out_dir: Path, *, split: str = "test") -> 
     write_text(out_dir / "wasteful.csv", wasteful_table.to_csv(index=False))
     write_text(out_dir / "destructive.csv", destructive_table.to_csv(index=False))
     write_json(out_dir / "summary.json", doc)
-    _plot(doc, out_dir / "overthinking")
+    _plot(doc, out_dir / "overthinking", label_of_outputs(outputs))
     log.info(
         "%s: early-correct share %.3f, oracle cost %.3f, destructive share of errors %s",
         split,
@@ -80,7 +81,7 @@ def write_overthinking(outputs: Path, out_dir: Path, *, split: str = "test") -> 
     return doc
 
 
-def _plot(doc: dict, path: Path) -> None:
+def _plot(doc: dict, path: Path, label: str | None) -> None:
     from sdn.report.plots import new_figure, savefig
 
     names = doc["exit_names"]
@@ -104,4 +105,4 @@ def _plot(doc: dict, path: Path) -> None:
     union = "undefined (no final errors)" if share is None else f"{100 * share:.1f}% of {errors} errors"
     right.set_title(f"Destructive: IC right, final wrong; any IC: {union}", fontsize=9)
     fig.suptitle(f"Overthinking on the {doc['split']} split ({doc['num_samples']} samples)", fontsize=10)
-    savefig(fig, path)
+    savefig(fig, path, label=label)

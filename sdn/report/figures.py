@@ -9,7 +9,8 @@ from pathlib import Path
 from sdn.io import atomic_path
 from sdn.outputs import exit_names
 from sdn.report.collect import Collection, RunKey
-from sdn.report.summary import ACCURACY_VARIANTS, VARIANT_NAMES
+from sdn.report.labels import VARIANT_NAMES
+from sdn.report.summary import ACCURACY_VARIANTS
 
 
 def accuracy_figure(found: Collection, key: RunKey, path_without_suffix: Path) -> list[Path]:

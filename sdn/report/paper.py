@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sdn.report.collect import Collection, collect
-from sdn.report.summary import MAIN_POLICY, MAIN_RULE, VARIANT_NAMES, dig, exit_names
+from sdn.report.labels import VARIANT_NAMES
+from sdn.report.summary import MAIN_POLICY, MAIN_RULE, dig, exit_names
 
 README_START = "<!-- paper-vs-ours:start -->"
 README_END = "<!-- paper-vs-ours:end -->"

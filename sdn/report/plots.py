@@ -17,9 +17,18 @@ def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
     return plt.subplots(*args, **kwargs)
 
 
-def savefig(fig: Any, path_without_suffix: str | os.PathLike[str], *, dpi: int = 150) -> list[Path]:
-    """Write ``fig`` to ``<path>.png`` and ``<path>.pdf`` (temporary name + rename), close it, return the paths."""
+def savefig(
+    fig: Any, path_without_suffix: str | os.PathLike[str], *, dpi: int = 150, label: str | None = None
+) -> list[Path]:
+    """Write ``fig`` to ``<path>.png`` and ``<path>.pdf`` (temporary name + rename), close it, return the paths.
+
+    ``label`` (which model on which data, :func:`sdn.report.labels.run_label`) heads the figure, above any title
+    it already has.
+    """
     plt = _pyplot()
+    if label:
+        existing = fig.get_suptitle()
+        fig.suptitle(f"{label}\n{existing}" if existing else label, fontsize=10)
     base = Path(path_without_suffix)
     if base.suffix.lower() in {f".{fmt}" for fmt in FIGURE_FORMATS}:
         raise ValueError(f"savefig takes a path without suffix, got {str(base)!r}")

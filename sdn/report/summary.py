@@ -15,14 +15,8 @@ import pandas as pd
 
 from sdn.outputs import exit_names
 from sdn.report.collect import ANALYSES, VARIANTS, Collection, RunKey, VariantResult
+from sdn.report.labels import VARIANT_NAMES
 
-VARIANT_NAMES: dict[str, str] = {
-    "cnn": "CNN",
-    "ic_only": "SDN (IC-only)",
-    "sdn": "SDN (SDN training)",
-    "bd_cnn": "backdoored CNN",
-    "bd_ic_only": "backdoored SDN (IC-only)",
-}
 ACCURACY_VARIANTS = ("cnn", "ic_only", "sdn")
 MAIN_POLICY, MAIN_RULE = "confidence", "tolerance"
 KEY_COLUMNS = ["dataset", "arch", "seed"]

@@ -4,6 +4,7 @@
 rule early_exit:
     input:
         outputs=f"{RUN}/outputs.npz",
+        cnn=f"{run_dir('cnn')}/outputs.npz",
     output:
         summary=f"{RUN}/analysis/early_exit/summary.json",
         figure=report(
@@ -24,7 +25,8 @@ rule early_exit:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn early-exit --outputs {input.outputs} --out {params.out} {params.options} > {log} 2>&1"
+        "{params.env} sdn early-exit --outputs {input.outputs} --cnn-outputs {input.cnn} --out {params.out}"
+        " {params.options} > {log} 2>&1"
 
 
 rule overthinking:

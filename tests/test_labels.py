@@ -1,0 +1,43 @@
+"""Figure titles name the model and the data set: run labels from the meta.json beside the outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sdn.report.labels import label_of_outputs, run_label
+from sdn.report.plots import new_figure, savefig
+
+
+def test_run_label_names_dataset_arch_variant_and_seed() -> None:
+    assert run_label("cifar10", "resnet56", "ic_only", 0) == "cifar10 · resnet56 · SDN (IC-only) · seed 0"
+    assert run_label("digits", "mobilenet") == "digits · mobilenet"
+
+
+def test_label_of_outputs_reads_the_meta_beside_them(tmp_path: Path) -> None:
+    (tmp_path / "meta.json").write_text(
+        json.dumps({"dataset": "digits", "arch": "vgg16bn", "variant": "sdn", "seed": 2})
+    )
+    assert label_of_outputs(tmp_path / "outputs.npz") == "digits · vgg16bn · SDN (SDN training) · seed 2"
+    assert label_of_outputs(tmp_path / "elsewhere" / "outputs.npz") is None  # no meta.json: no label, no error
+    (tmp_path / "meta.json").write_text("{not json")
+    assert label_of_outputs(tmp_path / "outputs.npz") is None
+
+
+def test_savefig_puts_the_label_above_an_existing_title(tmp_path: Path) -> None:
+    fig, ax = new_figure()
+    ax.plot(np.arange(3))
+    fig.suptitle("Overthinking")
+    seen = {}
+    original = fig.savefig
+
+    def spy(*args: object, **kwargs: object) -> None:
+        seen["title"] = fig.get_suptitle()
+        original(*args, **kwargs)
+
+    fig.savefig = spy  # type: ignore[method-assign]
+    savefig(fig, tmp_path / "figure", label="digits · resnet56")
+    assert seen["title"] == "digits · resnet56\nOverthinking"
+    assert (tmp_path / "figure.png").stat().st_size > 0
