@@ -36,7 +36,7 @@ def _json(path: Path, doc: object) -> None:
 
 def make_tree(root: Path) -> Path:
     run = root / "digits" / "resnet56" / "s0"
-    _json(run / "cnn" / "meta.json", {"git_commit": "abc1234"})
+    _json(run / "cnn" / "meta.json", {"git_commit": "abc1234", "recipe": {"kind": "cnn", "epochs": 10}})
     _json(run / "cnn" / "metrics.json", {"splits": {"test": {"top1": [90.0], "top5": [99.0]}}})
     ic = run / "ic_only"
     _json(ic / "metrics.json", {"splits": {"test": {"top1": [60.0, 75.0, 91.0], "top5": [90.0, 95.0, 99.5]}}})
@@ -123,6 +123,7 @@ def test_report_fills_numbers_tables_and_figures(tmp_path) -> None:
     assert "AUROC, our addition" in text
     assert "12.0% on triggered test inputs" in text and "triggered accuracy is 84.0%" in text
     assert "abc1234" in text and "sha256" in text
+    assert "**Short schedules.**" in text and "CNN of resnet56 on digits (seed 0): 10 of 100 epochs" in text
     assert "| SDN (IC-only) | 60.0 | 75.0 | 91.0 |" in text
     assert "| CNN | — | — | 90.0 |" in text
     assert "expected calibration error 0.020 at the final head and 0.030 for the early-exit answers" in text

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from sdn.config import PAPER_EPOCHS
 from sdn.outputs import exit_names
 from sdn.report.collect import ANALYSES, VARIANTS, Collection, RunKey, VariantResult
 from sdn.report.labels import VARIANT_NAMES
@@ -462,6 +463,29 @@ def _section(title: str, paragraphs: list[str], table: pd.DataFrame | None, tabl
     return [*lines, markdown_table(table)]
 
 
+def schedule_note(found: Collection) -> str | None:
+    """A warning naming every trained network whose schedule is shorter than the paper's, or None."""
+    short = []
+    for key in found.keys:
+        for variant in VARIANTS:
+            result = found.get(key, variant)
+            recipe = dig(result.meta, "recipe") if result is not None and result.meta else None
+            if not isinstance(recipe, dict):
+                continue
+            epochs, paper = recipe.get("epochs"), PAPER_EPOCHS.get(str(recipe.get("kind")))
+            if isinstance(epochs, int) and paper is not None and epochs < paper:
+                short.append(
+                    f"{VARIANT_NAMES.get(variant, variant)} of {_run_label(key)}: {epochs} of {paper} epochs"
+                )
+    if not short:
+        return None
+    return (
+        "**Short schedules.** These networks were trained for fewer epochs than the paper's recipe, so their "
+        "accuracies (and everything computed from them) are not the paper's numbers; an under-trained CNN in "
+        "particular can sit far below an SDN whose ICs' losses help a short schedule: " + "; ".join(short) + "."
+    )
+
+
 def summary_markdown(
     found: Collection, tables: dict[str, pd.DataFrame], *, provenance: str, figures: list[str]
 ) -> str:
@@ -469,6 +493,8 @@ def summary_markdown(
     keys = found.keys
     variants = [v for v in VARIANTS if v in ("ic_only", "sdn")]
     lines = ["# Shallow-Deep Networks: results of this run", "", provenance, ""]
+    if note := schedule_note(found):
+        lines += [note, ""]
     if not keys:
         lines += ["No results were found: nothing has been run yet.", ""]
     acc = [accuracy_paragraph(found, k) for k in keys if any(found.get(k, v) for v in ACCURACY_VARIANTS)]
