@@ -37,6 +37,23 @@ BACKDOOR_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "
 SDN_VARIANTS = [v for v in NATURAL_VARIANTS if VARIANTS[v]["recipe"] != "cnn"]  # the analysed ones
 KNOWN_ARCHS = list_archs()
 
+# Published mode (config key `published`: a folder of runs `<dataset>/<arch>/s<seed>/<variant>/`, e.g. reproduction):
+# the published runs' meta.json, metrics.json, history.csv and outputs.npz are copied into the results layout
+# (workflow/rules/published.smk) instead of training and evaluating; the runs are those found in the folder (the
+# archs, seeds and datasets keys are not used for them), Grad-CAM (it needs a checkpoint) is skipped and the backdoor
+# analysis runs when the folder holds the backdoor run's bd_cnn and bd_ic_only.
+PUBLISHED = config.get("published")
+if PUBLISHED:
+    from sdn.reproduce.published import find_runs, no_runs_message
+
+    PUBLISHED_RUNS = find_runs(PUBLISHED)
+    if not PUBLISHED_RUNS:
+        raise ValueError(f"config key published: {no_runs_message(PUBLISHED)}")
+    for key, found in PUBLISHED_RUNS.items():
+        if not set(NATURAL_VARIANTS) <= found:
+            missing = sorted(set(NATURAL_VARIANTS) - found)
+            print(f"warning: {PUBLISHED}/{key[0]}/{key[1]}/s{key[2]} lacks {missing}: left out", file=sys.stderr)
+
 
 def run_dir(variant: str = "{variant}") -> str:
     """The folder of one trained network (wildcards dataset, arch, seed; variant given or a wildcard)."""
@@ -232,6 +249,8 @@ def resolved_config() -> str:
 
 # --- target lists ---------------------------------------------------------------------------------------------
 def _runs() -> list[tuple[str, str, str]]:
+    if PUBLISHED:
+        return sorted(k for k, found in PUBLISHED_RUNS.items() if set(NATURAL_VARIANTS) <= found)
     return [(d, a, s) for d in DATASETS for a in ARCHS for s in SEEDS]
 
 
@@ -250,7 +269,7 @@ def analysis_targets() -> list[str]:
         targets += [_in_run(*run, variant, "metrics.json") for variant in NATURAL_VARIANTS]
         for variant in SDN_VARIANTS:
             targets += [_in_run(*run, variant, f"analysis/{analysis}/summary.json") for analysis in ANALYSES]
-        if config["analyses"]["gradcam"]["enabled"]:
+        if config["analyses"]["gradcam"]["enabled"] and not PUBLISHED:
             targets.append(_in_run(*run, "ic_only", "analysis/gradcam/gradcam.png"))
     return targets
 
@@ -258,12 +277,16 @@ def analysis_targets() -> list[str]:
 def backdoor_targets() -> list[str]:
     if not BACKDOOR["enabled"]:
         return []
+    if PUBLISHED and not set(BACKDOOR_VARIANTS) <= PUBLISHED_RUNS.get(_backdoor_run(), set()):
+        return []
     return [_in_run(*_backdoor_run(), "bd_ic_only", "analysis/backdoor/summary.json")]
 
 
 def checkpoint_targets() -> list[str]:
     """Every model.pt. Listed as targets so that deleting one checkpoint retrains it (and, through the newer
-    file, reruns exactly what depends on it); otherwise Snakemake ignores a missing intermediate file."""
+    file, reruns exactly what depends on it); otherwise Snakemake ignores a missing intermediate file. None in published mode (no checkpoints)."""
+    if PUBLISHED:
+        return []
     targets = [_in_run(*run, variant, "model.pt") for run in _runs() for variant in NATURAL_VARIANTS]
     if BACKDOOR["enabled"]:
         targets += [_in_run(*_backdoor_run(), variant, "model.pt") for variant in BACKDOOR_VARIANTS]
