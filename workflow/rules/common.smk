@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the `sdn` package of this checkout: its registry names the architectures
-from sdn.models import list_archs
+from sdn.models import get_spec, list_archs
 
 R = config["results"]
 LOGS = config["logs"]
@@ -212,10 +212,25 @@ def prepare_options(wildcards) -> str:
     return _join(parts)
 
 
-def train_options(kind: str, seed: int | str) -> str:
+def model_options(kind: str, arch: str | None) -> list[str]:
+    """--ic-input (where `arch` offers it), --alpha-mode (recipes with ICs) and --backbone-mode (ic_only), each only
+    when it differs from the default, so that the default config's train commands stay as they were."""
+    ic_input, alpha_mode, backbone_mode = config["ic_input"], config["alpha_mode"], config["backbone_mode"]
+    parts = []
+    if ic_input != "post-relu" and arch is not None and ic_input in get_spec(arch).ic_inputs:
+        parts += ["--ic-input", ic_input]
+    if alpha_mode != "bounded" and kind != "cnn":
+        parts += ["--alpha-mode", alpha_mode]
+    if backbone_mode != "eval" and kind == "ic_only":
+        parts += ["--backbone-mode", backbone_mode]
+    return parts
+
+
+def train_options(kind: str, seed: int | str, arch: str | None = None) -> str:
     """`sdn train` options for one recipe kind: config overrides (null = paper default), device, engine, exits."""
     recipe = config["recipes"][kind]
     parts = ["--recipe", kind, "--seed", str(seed), "--engine", config["engine"], "--exits", config["exits"]]
+    parts += model_options(kind, arch)
     parts += _option("--epochs", recipe.get("epochs"))
     parts += _option("--lr", recipe.get("lr"))
     parts += _option("--batch-size", recipe.get("batch_size"))
