@@ -31,7 +31,7 @@ VARIANTS = {
 }
 # Prepared data folders and the splits evaluated on each.
 DATA = {"clean": f"{R}/data/{{dataset}}", "backdoor": f"{R}/data/{{dataset}}-backdoor"}
-EVALUATED_SPLITS = {"clean": "holdout,test", "backdoor": "holdout,test,test_triggered"}
+EVALUATED_SPLITS = {"clean": "holdout,test", "backdoor": "holdout,test,test_triggered,test_triggered_all"}
 NATURAL_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "clean"]
 BACKDOOR_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "backdoor"]
 SDN_VARIANTS = [v for v in NATURAL_VARIANTS if VARIANTS[v]["recipe"] != "cnn"]  # the analysed ones
