@@ -204,6 +204,8 @@ def prepare_options(wildcards) -> str:
     root = entry.get("data_root") or config["data_root"]
     parts = ["--dataset", entry["source"], "--data-root", root]
     parts += _option("--holdout", entry.get("holdout"))
+    if entry.get("holdout_from", "train") != "train":
+        parts += ["--holdout-from", entry["holdout_from"]]
     parts += _option("--max-train", entry.get("max_train"))
     parts += _option("--max-test", entry.get("max_test"))
     parts += _option("--normalization", entry.get("normalization"))
