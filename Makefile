@@ -6,7 +6,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PROFILE ?= workflow/profiles/default
 SNAKEMAKE_ARGS ?=
 
-.PHONY: demo install test test-fast lint format workflow dryrun-paper mlflow-ui dag report-html clean-results
+.PHONY: demo install test test-fast lint format workflow dryrun-paper paper-report mlflow-ui dag report-html clean-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ format: install
 
 dryrun-paper: install
 	$(BIN)/snakemake -n --quiet rules --configfile config/paper.yaml
+
+# Every analysis, table, figure and the report (with paper vs ours) from the published runs in $(PUBLISHED), on a
+# CPU, without training (config/reproduction.yaml): results-paper/report/summary.md and results-paper/report.html.
+PUBLISHED ?= reproduction
+paper-report: install
+	@$(BIN)/python -m sdn.reproduce.published $(PUBLISHED)
+	$(BIN)/snakemake --profile $(PROFILE) --configfile config/reproduction.yaml --config published=$(PUBLISHED) \
+		$(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --configfile config/reproduction.yaml --config published=$(PUBLISHED) \
+		--report results-paper/report.html
+	@echo "Done: results-paper/report/summary.md (paper vs ours at its end), results-paper/report.html"
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000

@@ -18,8 +18,15 @@ from sdn.config_checks import check_config; check_config(config)  # what the sch
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
+if config.get("published"):  # published runs replace training and evaluation (workflow/rules/published.smk)
+
+    include: "workflow/rules/published.smk"
+
+else:
+
+    include: "workflow/rules/train.smk"
+    include: "workflow/rules/evaluate.smk"
+
 include: "workflow/rules/analyses.smk"
 include: "workflow/rules/backdoor.smk"
 include: "workflow/rules/report.smk"

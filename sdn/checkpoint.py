@@ -25,6 +25,7 @@ import torch
 from sdn import io
 from sdn.models import MultiExitNet, create
 from sdn.models.cost import profile_model
+from sdn.models.registry import DEFAULT_IC_INPUT
 
 MODEL = "model.pt"
 LAST = "last.pt"
@@ -83,6 +84,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         input_size=meta["input_size"],
         exits=positions if positions else "none",
         alpha_mode=meta.get("alpha_mode", "bounded"),
+        ic_input=meta.get("ic_input", DEFAULT_IC_INPUT),
     )
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval(), meta

@@ -31,6 +31,7 @@ from sdn import checkpoint
 from sdn.config import Recipe, coefficients_for, ic_loss_weights
 from sdn.inference import collect_logits
 from sdn.models import MultiExitNet, create
+from sdn.models.registry import DEFAULT_IC_INPUT
 from sdn.outputs import topk_accuracy
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,18 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 ENGINES = ("fast", "reference")
 HOLDOUT_BATCH = 512
 # Settings a resumed run must share with the run that wrote last.pt.
-RESUME_KEYS = ("arch", "dataset", "recipe", "seed", "exit_positions", "max_train_samples", "parent")
+RESUME_KEYS = (
+    "arch",
+    "dataset",
+    "recipe",
+    "seed",
+    "exit_positions",
+    "max_train_samples",
+    "parent",
+    "ic_input",
+    "alpha_mode",
+)
+RESUME_DEFAULTS = {"ic_input": DEFAULT_IC_INPUT, "alpha_mode": "bounded"}  # what a last.pt without the key used
 
 
 @dataclass(frozen=True)
@@ -66,12 +78,21 @@ class EpochResult:
 
 
 def build_model(
-    arch: str, recipe: Recipe, *, num_classes: int, input_size: int, exits: str | Sequence[int] = "paper"
+    arch: str,
+    recipe: Recipe,
+    *,
+    num_classes: int,
+    input_size: int,
+    exits: str | Sequence[int] = "paper",
+    ic_input: str = DEFAULT_IC_INPUT,
+    alpha_mode: str = "bounded",
 ) -> MultiExitNet:
     """The network for ``recipe``: the plain CNN for ``cnn``, the backbone with exits otherwise."""
     if recipe.kind == "cnn":
         exits = "none"
-    model = create(arch, num_classes=num_classes, input_size=input_size, exits=exits)
+    model = create(
+        arch, num_classes=num_classes, input_size=input_size, exits=exits, ic_input=ic_input, alpha_mode=alpha_mode
+    )
     if recipe.kind != "cnn" and model.num_exits < 2:
         raise ValueError(f"recipe {recipe.kind!r} needs internal classifiers, but exits={exits!r} gives none")
     return model
@@ -310,6 +331,8 @@ def train(
     compile_model: bool = False,
     allow_cpu_fallback: bool = False,
     cuda_graph: bool | None = None,
+    ic_input: str = DEFAULT_IC_INPUT,
+    alpha_mode: str = "bounded",
 ) -> Path:
     """Train ``arch`` with ``recipe`` on the prepared data in ``data_dir``; return ``out_dir/model.pt``.
 
@@ -342,7 +365,15 @@ def train(
     batches_for = epoch_batches(engine, train_split, info, batch_size=recipe.batch_size, seed=seed, device=target)
 
     seed_everything(seed)
-    model = build_model(arch, recipe, num_classes=info.num_classes, input_size=info.input_size, exits=exits)
+    model = build_model(
+        arch,
+        recipe,
+        num_classes=info.num_classes,
+        input_size=info.input_size,
+        exits=exits,
+        ic_input=ic_input,
+        alpha_mode=alpha_mode,
+    )
     if parent is not None:
         load_parent(model, parent, arch)
         freeze_backbone(model)
@@ -359,6 +390,8 @@ def train(
         "exit_positions": list(model.exit_positions),
         "max_train_samples": max_train_samples,
         "parent": str(parent) if parent is not None else None,
+        "ic_input": ic_input,
+        "alpha_mode": alpha_mode,
     }
     history: list[dict[str, float]] = []
     start_epoch = 1
@@ -462,9 +495,10 @@ def _graph_step(model: MultiExitNet, optimizer: torch.optim.Optimizer, recipe: R
 
 def _check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     for key in RESUME_KEYS:
-        if saved.get(key) != current.get(key):
+        before = saved.get(key, RESUME_DEFAULTS.get(key))
+        if before != current.get(key):
             raise ValueError(
-                f"{path} was written by a run with {key}={saved.get(key)!r}, but this run has "
+                f"{path} was written by a run with {key}={before!r}, but this run has "
                 f"{key}={current.get(key)!r}; rerun with the same settings to resume, or delete {path} to start over"
             )
 

@@ -158,6 +158,10 @@ def test_cli_poison_writes_a_prepared_folder(tmp_path: Path) -> None:
     assert torch.all(triggered.labels != 3) and len(triggered) == 9
     assert torch.equal(triggered.labels, clean_data.split("test").labels[clean_data.split("test").labels != 3])
     assert torch.all(triggered.images[:, :, 26:31, 26:31] == 255)
+    everything = data.split("test_triggered_all")  # target class included, for "over all triggered images"
+    assert meta["sizes"]["test_triggered_all"] == len(everything) == len(clean_data.split("test"))
+    assert torch.equal(everything.labels, clean_data.split("test").labels)
+    assert torch.all(everything.images[:, :, 26:31, 26:31] == 255)
 
     assert main([*args, "--trigger-x", "30", "--out", str(tmp_path / "bad")]) == 2  # does not fit: error
     assert not (tmp_path / "bad" / "meta.json").exists()
@@ -230,6 +234,23 @@ def test_analyze_by_hand() -> None:
     assert summary["cnn"]["attack_success"] == pytest.approx(100.0)
     assert summary["early_exit"]["triggered"]["accuracy"] == pytest.approx(200 / 3)
     assert [row["name"] for row in result.per_exit_rows()] == ["IC1", "IC2", "final"]
+    assert summary["triggered_all"] is None  # outputs without test_triggered_all
+
+
+def test_analyze_reports_accuracy_over_all_triggered_images_when_evaluated() -> None:
+    cnn, sdn = hand_made_outputs()
+    # the triggered split plus one triggered image of the target class (every exit says target: right)
+    labels = np.array([0, 1, 0, TARGET])
+    logits = logits_of([[0, 1, 1, 2], [0, 1, 2, 2], [2, 2, 2, 2]], [[HI, LO, LO, HI], [LO, HI, LO, HI], [HI] * 4])
+    sdn = {**sdn, "test_triggered_all_labels": labels, "test_triggered_all_logits": logits}
+    cnn = {**cnn, "test_triggered_all_labels": labels, "test_triggered_all_logits": logits[-1:]}
+    result = analyze(cnn, sdn, target=TARGET, tolerance=0.5)
+    everything = result.summary()["triggered_all"]
+    assert everything["num"] == 4
+    assert everything["cnn_accuracy"] == pytest.approx(25.0)
+    assert everything["sdn_final_accuracy"] == pytest.approx(25.0)
+    assert everything["early_exit"]["accuracy"] == pytest.approx(75.0)
+    assert result.early_exit_triggered.accuracy == pytest.approx(200 / 3)  # not of the target class: unchanged
 
 
 def test_analyze_reports_when_no_threshold_meets_the_tolerance() -> None:
@@ -300,7 +321,7 @@ def test_end_to_end_poison_train_evaluate_analyze(tiny, tmp_path: Path) -> None:
         arch=tiny.ARCH, recipe=tiny.recipe("ic_only", epochs=1, milestones=()), data_dir=clean,
         out_dir=tmp_path / "bd_ic_only", seed=0, device="cpu", parent=cnn,
     )  # fmt: skip
-    splits = ("holdout", "test", "test_triggered")
+    splits = ("holdout", "test", "test_triggered", "test_triggered_all")
     for model in (cnn, sdn):
         evaluate(model, bd, model.parent / "outputs.npz", splits=splits, device="cpu")
     out = tmp_path / "analysis"
@@ -319,3 +340,4 @@ def test_end_to_end_poison_train_evaluate_analyze(tiny, tmp_path: Path) -> None:
     assert summary["sdn_final"]["attack_success"] == pytest.approx(summary["cnn"]["attack_success"])
     assert summary["cnn"]["attack_success"] == pytest.approx(100.0 * (final_pred == 1).mean())
     assert len(summary["per_exit"]["triggered_accuracy"]) == 4
+    assert summary["triggered_all"]["num"] == len(load_prepared(clean).split("test").labels)

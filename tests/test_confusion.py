@@ -38,6 +38,15 @@ def test_constant_norm_split_raises_naming_it() -> None:
         cf.norm_stats(np.array([0.3, 0.3]), "holdout")
 
 
+def test_analyze_of_a_degenerate_model_centres_and_says_so() -> None:
+    constant = np.log(np.repeat(PROBS[:, :1], 3, axis=1))  # every sample the same outputs: confusion std 0
+    result = cf.analyze(LOGITS, LABELS, constant, split="test", norm_split="holdout")
+    assert result.summary["norm_std"] == 1.0
+    assert "'holdout'" in result.summary["norm_note"] and "not scaled" in result.summary["norm_note"]
+    np.testing.assert_allclose(result.normalised, result.raw - cf.confusion_scores(constant).mean())
+    assert cf.analyze(LOGITS, LABELS, LOGITS, split="test", norm_split="holdout").summary["norm_note"] is None
+
+
 def test_four_counts_by_hand() -> None:
     correct = np.array([True, True, True, False, False])
     counts = cf.confusion_counts(np.array([0.0, 5.0, 1.0, 3.0, 0.5]), correct)
@@ -92,8 +101,8 @@ def test_one_sample_and_single_class() -> None:
     result = cf.analyze(LOGITS[:, :1], LABELS[:1], LOGITS)
     assert result.summary["num_samples"] == 1 and result.summary["auroc_confusion"] is None
     one_class = np.zeros((3, 4, 1))
-    with pytest.raises(ValueError, match="standard deviation 0"):
-        cf.analyze(one_class, np.zeros(4, dtype=np.int64), one_class)
+    degenerate = cf.analyze(one_class, np.zeros(4, dtype=np.int64), one_class)  # reported, with a note
+    assert "standard deviation 0" in degenerate.summary["norm_note"]
 
 
 def test_command_with_cnn_baseline(tmp_path) -> None:

@@ -76,6 +76,22 @@ def test_synthetic_holdout_disjoint_and_seeded(tmp_path: Path) -> None:
     assert torch.bincount(held.labels, minlength=3).tolist() == [3, 3, 3]  # stratified
 
 
+def test_holdout_from_test_trains_on_every_training_image(tmp_path: Path) -> None:
+    out = prepare(
+        "synthetic", data_root=tmp_path, out_dir=tmp_path / "o", synthetic=SMALL, holdout=0.5, holdout_from="test"
+    )
+    data = load_prepared(out)
+    train = torch.load(out / "train.pt", weights_only=True)["indices"].tolist()
+    hold = torch.load(out / "holdout.pt", weights_only=True)["indices"].tolist()
+    test = torch.load(out / "test.pt", weights_only=True)["indices"].tolist()
+    assert sorted(train) == list(range(SMALL.train_size))  # every training image
+    assert not set(hold) & set(test) and sorted(hold + test) == list(range(SMALL.test_size))  # disjoint halves
+    assert data.meta["holdout_from"] == "test" and "original test split" in data.meta["holdout_indices"]
+    assert data.meta["sizes"] == {"train": len(train), "holdout": len(hold), "test": len(test)}
+    with pytest.raises(ValueError, match="holdout_from must be 'train' or 'test'"):
+        prepare("synthetic", data_root=tmp_path, out_dir=tmp_path / "bad", synthetic=SMALL, holdout_from="val")
+
+
 def test_prepare_max_train_max_test_and_normalization(tmp_path: Path) -> None:
     spec = SyntheticSpec(num_classes=4, input_size=8, train_size=200, test_size=80)
     out = prepare(

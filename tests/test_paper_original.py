@@ -75,3 +75,49 @@ def test_paper_original_config_is_valid_and_sets_the_original_switches() -> None
     paper = yaml.safe_load((repo / "config" / "paper.yaml").read_text())
     assert config["archs"] == paper["archs"] and config["recipes"] == paper["recipes"]
     assert config["results"] != paper["results"]  # the two grids never share a results folder
+
+
+def test_a_pre_relu_checkpoint_rebuilds_a_pre_relu_model(tmp_path) -> None:
+    from sdn import checkpoint
+
+    post, pre = _pair()
+    meta = {"arch": "resnet56", "num_classes": 10, "input_size": 32, "exit_positions": list(pre.exit_positions)}
+    checkpoint.save(tmp_path, pre, {**meta, "ic_input": "pre-relu"}, [])
+    loaded, saved_meta = checkpoint.load_checkpoint(tmp_path / "model.pt")
+    assert saved_meta["ic_input"] == "pre-relu"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours, expected, other = loaded(x), pre(x), post(x)
+    torch.testing.assert_close(ours[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours[0], other[0])  # not the post-ReLU layout with the same weights
+    checkpoint.save(tmp_path / "old", post, meta, [])  # written before ic_input existed: post-ReLU
+    old, _ = checkpoint.load_checkpoint(tmp_path / "old" / "model.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(old(x)[0], other[0], rtol=1e-5, atol=1e-5)
+
+
+def test_resume_refuses_other_model_switches_and_accepts_an_older_last_pt() -> None:
+    from pathlib import Path
+
+    from sdn.train import _check_resume
+
+    current = {"arch": "resnet56", "ic_input": "pre-relu", "alpha_mode": "bounded"}
+    with pytest.raises(ValueError, match=r"ic_input='post-relu', but this run has ic_input='pre-relu'"):
+        _check_resume({"arch": "resnet56"}, current, Path("last.pt"))  # an older last.pt: the defaults
+    _check_resume({"arch": "resnet56"}, {**current, "ic_input": "post-relu"}, Path("last.pt"))
+
+
+def test_paper_original_dry_run_passes_the_switches_to_sdn_train(snakemake, tmp_path) -> None:
+    import re
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "config" / "paper-original.yaml"
+    done = snakemake(tmp_path, "-n", "--printshellcmds", configfile=config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commands = re.findall(r"sdn train [^\n]*", done.stdout)
+    assert commands
+    for command in commands:
+        recipe = re.search(r"--recipe (\w+)", command).group(1)
+        assert ("--ic-input pre-relu" in command) == ("--arch resnet56" in command), command
+        assert ("--alpha-mode original" in command) == (recipe != "cnn"), command
+        assert ("--backbone-mode train" in command) == (recipe == "ic_only"), command

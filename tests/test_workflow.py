@@ -99,6 +99,15 @@ def test_cifar10_jpeg_config_reads_the_local_imagefolder(snakemake, tmp_path: Pa
     assert "--url" not in done.stdout
 
 
+def test_holdout_from_test_reaches_prepare_data(snakemake, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    text = (REPO / "config" / "config.yaml").read_text()
+    config.write_text(text.replace("    holdout: 0.1\n", "    holdout: 0.1\n    holdout_from: test\n", 1))
+    done = snakemake(tmp_path, "-n", "--printshellcmds", configfile=config)
+    assert done.returncode == 0, done.stderr
+    assert "--holdout 0.1 --holdout-from test" in done.stdout
+
+
 @pytest.mark.slow
 def test_default_workflow_end_to_end(snakemake, tmp_path: Path) -> None:
     config = REPO / "config" / "config.yaml"

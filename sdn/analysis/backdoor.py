@@ -16,9 +16,10 @@ import numpy as np
 from sdn.analysis import early_exit
 from sdn.analysis.arrays import softmax
 from sdn.analysis.early_exit import DEFAULT_TOLERANCE
-from sdn.outputs import exit_costs, load_split, validate_logits
+from sdn.outputs import exit_costs, load_split, splits, validate_logits
 
 SPLITS = ("holdout", "test", "test_triggered")
+ALL_TRIGGERED = "test_triggered_all"  # optional: every test image with the trigger, target class included
 
 
 def accuracy_per_exit(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -73,6 +74,7 @@ class BackdoorResult:
     early_exit_triggered: EarlyExitOutcome
     threshold_status: str = "ok"
     threshold_reason: str | None = None
+    triggered_all: dict[str, Any] | None = None  # over EVERY triggered test image (split test_triggered_all)
 
     def summary(self) -> dict[str, Any]:
         """The summary.json document (keys in docs/internals.md, "Analysis outputs: backdoor, gradcam")."""
@@ -110,6 +112,7 @@ class BackdoorResult:
                 "clean": asdict(self.early_exit_clean),
                 "triggered": asdict(self.early_exit_triggered),
             },
+            "triggered_all": self.triggered_all,
         }
 
     def per_exit_rows(self) -> list[dict[str, Any]]:
@@ -176,7 +179,12 @@ def analyze(
     row = choice.row
     threshold = early_exit.check_threshold(policy, row["threshold"])
     outcomes = {}
-    for split in ("test", "test_triggered"):
+    for split in ("test", "test_triggered", ALL_TRIGGERED):
+        if split == ALL_TRIGGERED and not (ALL_TRIGGERED in splits(sdn) and ALL_TRIGGERED in splits(cnn)):
+            continue
+        if split == ALL_TRIGGERED:
+            sdn_splits[split] = load_split(sdn, split)
+            probs[split] = softmax(sdn_splits[split][0])
         result = early_exit.simulate(probs[split], sdn_splits[split][1], cost, policy, threshold, fallback)
         outcomes[split] = EarlyExitOutcome(
             accuracy=result.accuracy,
@@ -184,8 +192,21 @@ def analyze(
             cost_fraction=result.avg_cost_fraction,
             exit_histogram=result.exit_histogram.tolist(),
         )
+    triggered_all = None
+    if ALL_TRIGGERED in outcomes:
+        logits, labels = load_split(cnn, ALL_TRIGGERED)
+        sdn_logits, sdn_labels = sdn_splits[ALL_TRIGGERED]
+        if not np.array_equal(labels, sdn_labels):
+            raise ValueError(f"CNN and SDN outputs disagree on the {ALL_TRIGGERED} labels")
+        triggered_all = {
+            "num": int(labels.shape[0]),
+            "cnn_accuracy": float(accuracy_per_exit(logits[-1:], labels)[0]),
+            "sdn_final_accuracy": float(accuracy_per_exit(sdn_logits[-1:], labels)[0]),
+            "early_exit": asdict(outcomes[ALL_TRIGGERED]),
+        }
     return BackdoorResult(
         target=target,
+        triggered_all=triggered_all,
         policy=policy,
         tolerance=tolerance,
         fallback=fallback,

@@ -156,7 +156,16 @@ def analyze(
         )
     if not np.isfinite(norm_logits).all():
         raise ValueError(f"{norm_split}_logits contain NaN or inf")
-    stats = norm_stats(confusion_scores(norm_logits), norm_split)
+    norm_scores = confusion_scores(norm_logits)
+    norm_note = None
+    try:
+        stats = norm_stats(norm_scores, norm_split)
+    except ValueError as error:
+        if norm_scores.size == 0:
+            raise
+        # a degenerate model (e.g. a diverged run: every sample the same confusion) still gets its report
+        stats = NormStats(mean=float(norm_scores.mean()), std=1.0, split=norm_split)
+        norm_note = f"{error}: scores are centred, not scaled (std taken as 1)"
     raw = confusion_scores(logits)
     normalised = zscore(raw, stats)
     confidence = max_confidence(logits)
@@ -167,6 +176,7 @@ def analyze(
         "norm_split": norm_split,
         "norm_mean": stats.mean,
         "norm_std": stats.std,
+        "norm_note": norm_note,
         "num_samples": int(correct.size),
         "num_correct": int(correct.sum()),
         "num_wrong": int((~correct).sum()),

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--holdout", type=_holdout, default=None, help="held-out images: count or fraction (default 5000, or 10%%)"
     )
+    parser.add_argument(
+        "--holdout-from",
+        choices=("train", "test"),
+        default="train",
+        help="carve the held-out split from the training set, or from the test set (train on all training images)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and subsampling")
     parser.add_argument("--max-train", type=int, default=None, help="subsample the training pool (stratified)")
     parser.add_argument("--max-test", type=int, default=None, help="subsample the test set (stratified)")
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         out_dir=args.out,
         holdout=args.holdout,
+        holdout_from=args.holdout_from,
         seed=args.seed,
         max_train=args.max_train,
         max_test=args.max_test,

@@ -43,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=BACKBONE_MODES,
         help="ic_only: keep the frozen backbone in eval mode (default) or train mode (the original's behaviour)",
     )
+    parser.add_argument(
+        "--ic-input",
+        choices=("post-relu", "pre-relu"),
+        default="post-relu",
+        help="what a ResNet IC reads: the block's output (default) or its sum before the last ReLU (the original's)",
+    )
+    parser.add_argument(
+        "--alpha-mode",
+        choices=("bounded", "original"),
+        default="bounded",
+        help="IC pooling mix: bounded sigmoid weight at 0.5 (default) or unconstrained, random init (the original's)",
+    )
     parser.add_argument("--max-train-samples", type=int, help="use only the first N training images")
     parser.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on (fast engine)"
@@ -99,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device,
         "engine": args.engine,
         "exits": args.exits,
+        "ic_input": args.ic_input,
+        "alpha_mode": args.alpha_mode,
         "parent": str(args.parent) if args.parent else None,
         "max_train_samples": args.max_train_samples,
         **{f"recipe.{k}": v for k, v in recipe.to_dict().items()},
@@ -120,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             amp=args.amp,
             compile_model=args.compile,
             cuda_graph=args.cuda_graph,
+            ic_input=args.ic_input,
+            alpha_mode=args.alpha_mode,
             on_epoch=lambda epoch, metrics: tracked.log_metrics(_numeric(metrics), step=epoch),
         )
         meta = read_meta(model_path.parent)

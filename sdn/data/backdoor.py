@@ -169,9 +169,11 @@ def write_poisoned(
     if "indices" in test_blob:
         blob["indices"] = test_blob["indices"][kept]
     save_torch(blob, out / "test_triggered.pt")
+    everything = clean.split("test")  # also the target class: "triggered accuracy over all triggered images"
+    save_torch({**test_blob, "images": apply_trigger(everything.images, trigger)}, out / "test_triggered_all.pt")
 
     meta = dict(clean.meta)
-    meta["sizes"] = {**meta.get("sizes", {}), "test_triggered": len(triggered)}
+    meta["sizes"] = {**meta.get("sizes", {}), "test_triggered": len(triggered), "test_triggered_all": len(everything)}
     meta["backdoor"] = {
         "attack": "badnets",
         "clean_data": str(src),
@@ -182,6 +184,7 @@ def write_poisoned(
         "poisoned_count": int(chosen.numel()),
         "poisoned_indices": "poisoned_indices.json (positions in train.pt)",
         "test_triggered": "every test sample not of the target class, trigger on, TRUE labels",
+        "test_triggered_all": "every test sample, trigger on, TRUE labels",
     }
     write_json(out / "poisoned_indices.json", chosen.tolist())
     write_json(out / "meta.json", meta)

@@ -107,16 +107,23 @@ def prepare(
     local_path: str | os.PathLike[str] | None = None,
     checksum: str | None = None,
     synthetic: SyntheticSpec | None = None,
+    holdout_from: str = "train",
 ) -> Path:
     """Prepare data set ``name`` into ``out_dir`` and return ``out_dir``; reuse it when its request matches.
 
     ``max_train`` caps the training pool (before the held-out split is carved from it); ``max_test`` the test set;
     both subsample seeded and stratified. ``holdout``: see :func:`sdn.data.splits.holdout_size`.
+    ``holdout_from="test"`` trains on the whole training pool and carves the held-out split from the test set
+    instead (the reported test split is the rest of it, disjoint from the held-out images).
     """
+    if holdout_from not in ("train", "test"):
+        raise ValueError(f"holdout_from must be 'train' or 'test', got {holdout_from!r}")
     check_name(name)
     stats_for(name, normalization)  # validates the option before any work
     out = Path(out_dir)
     request = _request(name, data_root, holdout, seed, max_train, max_test, normalization, local_path, synthetic)
+    if holdout_from != "train":  # absent by default: folders prepared before the option stay current
+        request["holdout_from"] = holdout_from
     if _is_current(out, request):
         log.info("prepared data at %s is up to date", out)
         return out
@@ -124,9 +131,15 @@ def prepare(
     raw = load_raw(name, data_root=data_root, url=url, local_path=local_path, checksum=checksum, synthetic=synthetic)
     pool = subsample(raw.train.labels, max_train, seed, stream=1)
     test_idx = subsample(raw.test.labels, max_test, seed, stream=2)
-    n_hold = holdout_size(len(pool), holdout)
-    train_pos, hold_pos = holdout_split(raw.train.labels[pool], n_hold, seed)
-    train_idx, hold_idx = pool[train_pos], pool[hold_pos]
+    held = raw.test if holdout_from == "test" else raw.train
+    if holdout_from == "test":
+        n_hold = holdout_size(len(test_idx), holdout)
+        test_pos, hold_pos = holdout_split(raw.test.labels[test_idx], n_hold, seed)
+        train_idx, hold_idx, test_idx = pool, test_idx[hold_pos], test_idx[test_pos]
+    else:
+        n_hold = holdout_size(len(pool), holdout)
+        train_pos, hold_pos = holdout_split(raw.train.labels[pool], n_hold, seed)
+        train_idx, hold_idx = pool[train_pos], pool[hold_pos]
 
     log.info("decoding %s: %d train, %d holdout, %d test", name, len(train_idx), len(hold_idx), len(test_idx))
     train_images = raw.train.load(train_idx)
@@ -138,7 +151,7 @@ def prepare(
     meta_file.unlink(missing_ok=True)  # the folder is untrusted until the new meta.json lands
     _save_split(out / "train.pt", train_images, raw.train.labels[train_idx], train_idx)
     del train_images
-    _save_split(out / "holdout.pt", raw.train.load(hold_idx), raw.train.labels[hold_idx], hold_idx)
+    _save_split(out / "holdout.pt", held.load(hold_idx), held.labels[hold_idx], hold_idx)
     _save_split(out / "test.pt", raw.test.load(test_idx), raw.test.labels[test_idx], test_idx)
     meta = {
         "dataset": name,
@@ -152,7 +165,8 @@ def prepare(
         "classes": list(raw.classes),
         "sizes": {"train": len(train_idx), "holdout": len(hold_idx), "test": len(test_idx)},
         "holdout_seed": seed,
-        "holdout_indices": "holdout.pt['indices'] (positions in the original training split)",
+        "holdout_from": holdout_from,
+        "holdout_indices": f"holdout.pt['indices'] (positions in the original {holdout_from} split)",
         "source": {**raw.source, "original_sizes": {"train": len(raw.train.labels), "test": len(raw.test.labels)}},
         "request": request,
         "format_version": FORMAT_VERSION,

@@ -295,6 +295,8 @@ def backdoor_table(found: Collection) -> pd.DataFrame:
                 "early_exit_triggered_accuracy": _num(dig(doc, "early_exit", "triggered", "accuracy")),
                 "early_exit_attack_success": _num(dig(doc, "early_exit", "triggered", "attack_success")),
                 "early_exit_triggered_cost_pct": _pct(dig(doc, "early_exit", "triggered", "cost_fraction")),
+                "cnn_triggered_all_accuracy": _num(dig(doc, "triggered_all", "cnn_accuracy")),
+                "early_exit_triggered_all_accuracy": _num(dig(doc, "triggered_all", "early_exit", "accuracy")),
                 "threshold": _num(dig(doc, "early_exit", "threshold")),
             }
         )
@@ -309,6 +311,8 @@ def backdoor_table(found: Collection) -> pd.DataFrame:
         "early_exit_triggered_accuracy",
         "early_exit_attack_success",
         "early_exit_triggered_cost_pct",
+        "cnn_triggered_all_accuracy",
+        "early_exit_triggered_all_accuracy",
         "threshold",
     ]
     return pd.DataFrame(rows, columns=columns)
@@ -442,13 +446,22 @@ def backdoor_paragraph(found: Collection, key: RunKey) -> str | None:
     doc = found.backdoor.get(key)
     if doc is None:
         return None
+    everything = dig(doc, "triggered_all")
+    all_text = (
+        " Over all triggered test images (target class included): CNN "
+        f"{fmt(_num(dig(everything, 'cnn_accuracy')))}%, early exits "
+        f"{fmt(_num(dig(everything, 'early_exit', 'accuracy')))}% (table columns `*_triggered_all_*`)."
+        if everything
+        else " (Triggered accuracy over all triggered test images, target class included: not evaluated.)"
+    )
     return (
         f"Backdoor on {_run_label(key)}: the backdoored CNN reaches {fmt(_num(dig(doc, 'cnn', 'clean_accuracy')))}% "
-        f"on clean and {fmt(_num(dig(doc, 'cnn', 'triggered_accuracy')))}% on triggered test inputs (attack success "
+        f"on clean and {fmt(_num(dig(doc, 'cnn', 'triggered_accuracy')))}% on triggered test inputs not of the "
+        "target class (attack success "
         f"{fmt(_num(dig(doc, 'cnn', 'attack_success')))}%); with IC-only early exits the triggered accuracy is "
         f"{fmt(_num(dig(doc, 'early_exit', 'triggered', 'accuracy')))}% (attack success "
         f"{fmt(_num(dig(doc, 'early_exit', 'triggered', 'attack_success')))}%, cost "
-        f"{fmt(_pct(dig(doc, 'early_exit', 'triggered', 'cost_fraction')))}% of the CNN's)."
+        f"{fmt(_pct(dig(doc, 'early_exit', 'triggered', 'cost_fraction')))}% of the CNN's)." + all_text
     )
 
 

@@ -11,6 +11,7 @@ rule poison_data:
         holdout=f"{DATA['backdoor']}/holdout.pt",
         test=f"{DATA['backdoor']}/test.pt",
         triggered=f"{DATA['backdoor']}/test_triggered.pt",
+        triggered_all=f"{DATA['backdoor']}/test_triggered_all.pt",
         meta=f"{DATA['backdoor']}/meta.json",
     log:
         f"{LOGS}/poison_data/{{dataset}}.log",

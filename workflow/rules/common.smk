@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the `sdn` package of this checkout: its registry names the architectures
-from sdn.models import list_archs
+from sdn.models import get_spec, list_archs
 
 R = config["results"]
 LOGS = config["logs"]
@@ -31,11 +31,28 @@ VARIANTS = {
 }
 # Prepared data folders and the splits evaluated on each.
 DATA = {"clean": f"{R}/data/{{dataset}}", "backdoor": f"{R}/data/{{dataset}}-backdoor"}
-EVALUATED_SPLITS = {"clean": "holdout,test", "backdoor": "holdout,test,test_triggered"}
+EVALUATED_SPLITS = {"clean": "holdout,test", "backdoor": "holdout,test,test_triggered,test_triggered_all"}
 NATURAL_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "clean"]
 BACKDOOR_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "backdoor"]
 SDN_VARIANTS = [v for v in NATURAL_VARIANTS if VARIANTS[v]["recipe"] != "cnn"]  # the analysed ones
 KNOWN_ARCHS = list_archs()
+
+# Published mode (config key `published`: a folder of runs `<dataset>/<arch>/s<seed>/<variant>/`, e.g. reproduction):
+# the published runs' meta.json, metrics.json, history.csv and outputs.npz are copied into the results layout
+# (workflow/rules/published.smk) instead of training and evaluating; the runs are those found in the folder (the
+# archs, seeds and datasets keys are not used for them), Grad-CAM (it needs a checkpoint) is skipped and the backdoor
+# analysis runs when the folder holds the backdoor run's bd_cnn and bd_ic_only.
+PUBLISHED = config.get("published")
+if PUBLISHED:
+    from sdn.reproduce.published import find_runs, no_runs_message
+
+    PUBLISHED_RUNS = find_runs(PUBLISHED)
+    if not PUBLISHED_RUNS:
+        raise ValueError(f"config key published: {no_runs_message(PUBLISHED)}")
+    for key, found in PUBLISHED_RUNS.items():
+        if not set(NATURAL_VARIANTS) <= found:
+            missing = sorted(set(NATURAL_VARIANTS) - found)
+            print(f"warning: {PUBLISHED}/{key[0]}/{key[1]}/s{key[2]} lacks {missing}: left out", file=sys.stderr)
 
 
 def run_dir(variant: str = "{variant}") -> str:
@@ -187,6 +204,8 @@ def prepare_options(wildcards) -> str:
     root = entry.get("data_root") or config["data_root"]
     parts = ["--dataset", entry["source"], "--data-root", root]
     parts += _option("--holdout", entry.get("holdout"))
+    if entry.get("holdout_from", "train") != "train":
+        parts += ["--holdout-from", entry["holdout_from"]]
     parts += _option("--max-train", entry.get("max_train"))
     parts += _option("--max-test", entry.get("max_test"))
     parts += _option("--normalization", entry.get("normalization"))
@@ -195,10 +214,25 @@ def prepare_options(wildcards) -> str:
     return _join(parts)
 
 
-def train_options(kind: str, seed: int | str) -> str:
+def model_options(kind: str, arch: str | None) -> list[str]:
+    """--ic-input (where `arch` offers it), --alpha-mode (recipes with ICs) and --backbone-mode (ic_only), each only
+    when it differs from the default, so that the default config's train commands stay as they were."""
+    ic_input, alpha_mode, backbone_mode = config["ic_input"], config["alpha_mode"], config["backbone_mode"]
+    parts = []
+    if ic_input != "post-relu" and arch is not None and ic_input in get_spec(arch).ic_inputs:
+        parts += ["--ic-input", ic_input]
+    if alpha_mode != "bounded" and kind != "cnn":
+        parts += ["--alpha-mode", alpha_mode]
+    if backbone_mode != "eval" and kind == "ic_only":
+        parts += ["--backbone-mode", backbone_mode]
+    return parts
+
+
+def train_options(kind: str, seed: int | str, arch: str | None = None) -> str:
     """`sdn train` options for one recipe kind: config overrides (null = paper default), device, engine, exits."""
     recipe = config["recipes"][kind]
     parts = ["--recipe", kind, "--seed", str(seed), "--engine", config["engine"], "--exits", config["exits"]]
+    parts += model_options(kind, arch)
     parts += _option("--epochs", recipe.get("epochs"))
     parts += _option("--lr", recipe.get("lr"))
     parts += _option("--batch-size", recipe.get("batch_size"))
@@ -232,6 +266,8 @@ def resolved_config() -> str:
 
 # --- target lists ---------------------------------------------------------------------------------------------
 def _runs() -> list[tuple[str, str, str]]:
+    if PUBLISHED:
+        return sorted(k for k, found in PUBLISHED_RUNS.items() if set(NATURAL_VARIANTS) <= found)
     return [(d, a, s) for d in DATASETS for a in ARCHS for s in SEEDS]
 
 
@@ -250,7 +286,7 @@ def analysis_targets() -> list[str]:
         targets += [_in_run(*run, variant, "metrics.json") for variant in NATURAL_VARIANTS]
         for variant in SDN_VARIANTS:
             targets += [_in_run(*run, variant, f"analysis/{analysis}/summary.json") for analysis in ANALYSES]
-        if config["analyses"]["gradcam"]["enabled"]:
+        if config["analyses"]["gradcam"]["enabled"] and not PUBLISHED:
             targets.append(_in_run(*run, "ic_only", "analysis/gradcam/gradcam.png"))
     return targets
 
@@ -258,12 +294,16 @@ def analysis_targets() -> list[str]:
 def backdoor_targets() -> list[str]:
     if not BACKDOOR["enabled"]:
         return []
+    if PUBLISHED and not set(BACKDOOR_VARIANTS) <= PUBLISHED_RUNS.get(_backdoor_run(), set()):
+        return []
     return [_in_run(*_backdoor_run(), "bd_ic_only", "analysis/backdoor/summary.json")]
 
 
 def checkpoint_targets() -> list[str]:
     """Every model.pt. Listed as targets so that deleting one checkpoint retrains it (and, through the newer
-    file, reruns exactly what depends on it); otherwise Snakemake ignores a missing intermediate file."""
+    file, reruns exactly what depends on it); otherwise Snakemake ignores a missing intermediate file. None in published mode (no checkpoints)."""
+    if PUBLISHED:
+        return []
     targets = [_in_run(*run, variant, "model.pt") for run in _runs() for variant in NATURAL_VARIANTS]
     if BACKDOOR["enabled"]:
         targets += [_in_run(*_backdoor_run(), variant, "model.pt") for variant in BACKDOOR_VARIANTS]

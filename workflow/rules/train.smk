@@ -12,7 +12,9 @@ rule train:
     log:
         f"{LOGS}/train/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
     params:
-        options=lambda wildcards: train_options(VARIANTS[wildcards.variant]["recipe"], wildcards.seed),
+        options=lambda wildcards: train_options(
+            VARIANTS[wildcards.variant]["recipe"], wildcards.seed, wildcards.arch
+        ),
         data=lambda wildcards, input: os.path.dirname(input.data),
         parent=lambda wildcards, input: f" --parent {input.parent}" if "parent" in input.keys() else "",
         out=lambda wildcards, output: os.path.dirname(output.model),

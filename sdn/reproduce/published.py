@@ -1,0 +1,60 @@
+"""The published runs a workflow in published mode (config key ``published``) takes as its trained models' outputs.
+
+python -m sdn.reproduce.published [ROOT]     # list the runs under ROOT (default reproduction/); exit 1 when none
+
+A run is ``ROOT/<dataset>/<arch>/s<seed>/<variant>/`` holding every file of :data:`RUN_FILES`. Nothing here trains
+or evaluates: the workflow copies these files into its results layout and every analysis, table and figure follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+RUN_FILES = ("meta.json", "metrics.json", "history.csv", "outputs.npz")
+_SEED = re.compile(r"s([0-9]+)")
+
+
+def no_runs_message(root: str | os.PathLike[str]) -> str:
+    return (
+        f"{root}/ holds no published runs (expected {root}/<dataset>/<arch>/s<seed>/<variant>/ with "
+        f"{', '.join(RUN_FILES)}). Get them on a GPU machine with scripts/gpu-reproduce.sh OUT DATASET ARCHS "
+        "[SEEDS] (README, 'Paper-scale runs on a GPU machine without network'), then install them here with "
+        "`python -m sdn.reproduce.ingest OUT` and run `make paper-report` again."
+    )
+
+
+def find_runs(root: str | os.PathLike[str]) -> dict[tuple[str, str, str], set[str]]:
+    """{(dataset, arch, seed): variants with every file of RUN_FILES} under ``root``; {} when there is none."""
+    root = Path(root)
+    found: dict[tuple[str, str, str], set[str]] = {}
+    if not root.is_dir():
+        return found
+    for meta in sorted(root.glob("*/*/s*/*/meta.json")):
+        run = meta.parent
+        seed = _SEED.fullmatch(run.parent.name)
+        if seed is None or not all((run / name).is_file() for name in RUN_FILES):
+            continue
+        key = (run.parent.parent.parent.name, run.parent.parent.name, seed.group(1))
+        found.setdefault(key, set()).add(run.name)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdn.reproduce.published", description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", nargs="?", default="reproduction")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.root)
+    if not runs:
+        print(f"error: {no_runs_message(args.root)}", file=sys.stderr)
+        return 1
+    for (dataset, arch, seed), variants in sorted(runs.items()):
+        print(f"{dataset} {arch} s{seed}: {' '.join(sorted(variants))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Published mode: the workflow takes published runs (config key `published`) as its trained models' outputs."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sdn.reproduce.published import find_runs, main
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "tests" / "data" / "reproduction-toy" / "reproduction"
+CONFIG = REPO / "config" / "reproduction.yaml"
+
+
+def _rules(output: str) -> Counter[str]:
+    return Counter(re.findall(r"^(?:local)?rule (\w+):", output, flags=re.M))
+
+
+def test_find_runs_lists_the_toy_grid_and_nothing_in_an_empty_folder(tmp_path: Path, capsys) -> None:
+    runs = find_runs(TOY)
+    assert set(runs) == {("cifar10", "resnet56", "0"), ("cifar10", "resnet56", "1")}
+    assert all(variants == {"cnn", "ic_only", "sdn"} for variants in runs.values())
+    assert find_runs(tmp_path / "absent") == {}
+    assert main([str(tmp_path / "absent")]) == 1
+    message = capsys.readouterr().err
+    assert "holds no published runs" in message and "scripts/gpu-reproduce.sh" in message
+
+
+def test_published_mode_plans_copies_and_analyses_only(snakemake, tmp_path: Path) -> None:
+    done = snakemake(tmp_path, "-n", "--config", f"published={TOY}", configfile=CONFIG)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rules = _rules(done.stdout)
+    assert rules["published_run"] == 6  # 2 seeds x (cnn, ic_only, sdn)
+    assert rules["early_exit"] == rules["confusion"] == 4
+    assert not {"train", "evaluate", "gradcam", "prepare_data", "backdoor_analysis"} & set(rules)
+
+
+def test_published_mode_without_runs_says_how_to_get_them(snakemake, tmp_path: Path) -> None:
+    done = snakemake(tmp_path, "-n", "--config", f"published={tmp_path / 'reproduction'}", configfile=CONFIG)
+    assert done.returncode != 0
+    assert "holds no published runs" in done.stderr + done.stdout
+    assert "scripts/gpu-reproduce.sh" in done.stderr + done.stdout
+
+
+@pytest.mark.slow  # about 2 minutes on 2 shared cores
+def test_published_toy_grid_end_to_end(snakemake, tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = snakemake(tmp_path, "--cores", "2", "--config", f"published={TOY}", configfile=CONFIG, timeout=1200)
+    assert done.returncode == 0, done.stderr[-6000:]
+    print(f"published toy grid: {time.monotonic() - started:.0f} s")
+    results = tmp_path / "results-paper"
+    run = results / "cifar10" / "resnet56" / "s1" / "sdn"
+    assert (run / "outputs.npz").read_bytes() == (
+        TOY / "cifar10" / "resnet56" / "s1" / "sdn" / "outputs.npz"
+    ).read_bytes()
+    assert not (run / "model.pt").exists()
+    summary = (results / "report" / "summary.md").read_text()
+    assert "Paper vs ours" in summary and "| cifar10 | resnet56 | SDN (IC-only) |" in summary
+    assert (results / "report" / "tables" / "early_exit.csv").is_file()
