@@ -204,8 +204,8 @@ def check_mlflow_runs(store: Path, expected_jobs: int) -> None:
         assert len(runs) == expected_jobs, Counter(t.get("rule") for t in tags)
         assert len({t["workflow_id"] for t in tags}) == 1
         assert all(t.get("git_commit") for t in tags)
-        trained = [t for t in tags if t.get("rule") == "train" and t.get("wildcard.variant") == "cnn"]
-        assert sorted(t["wildcard.arch"] for t in trained) == ["mobilenet", "resnet56"]
+        trained = [t for t in tags if t.get("rule") == "train" and t.get("variant") == "cnn"]
+        assert sorted(t["arch"] for t in trained) == ["mobilenet", "resnet56"]
         assert all(run["info"]["status"] == "FINISHED" for run in runs)
     finally:
         server.terminate()
