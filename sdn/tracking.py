@@ -24,7 +24,8 @@ Environment:
     SDN_TRACKING=off         no journal, no MLflow
     SDN_TRACKING_URI         tracking URI (else MLFLOW_TRACKING_URI; neither: journal only)
     SDN_EXPERIMENT           experiment name (default "sdn")
-    SDN_MLFLOW_TAGS          JSON object of run tags; "wildcards": {...} become plain tags (dataset, arch, ...)
+    SDN_MLFLOW_TAGS          run tags: key=value,key=value (the workflow's form), or a JSON object whose
+                             "wildcards": {...} become plain tags (dataset, arch, ...)
     SDN_TRACKING_DEADLINE    seconds one upload may take in all (default 30 for a server, 90 for a local store)
 """
 
@@ -139,6 +140,12 @@ def deadline_for(uri: str, configured: float | None = None) -> float:
 
 def _env_tags(raw: str | None) -> dict[str, str]:
     if not raw:
+        return {}
+    if not raw.lstrip().startswith(("{", "[")):  # the workflow's readable form: key=value,key=value
+        pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+        if all(len(pair) == 2 and pair[0].strip() for pair in pairs):
+            return clean_tags({key.strip(): value for key, value in pairs})
+        log.warning("ignoring SDN_MLFLOW_TAGS: expected JSON or key=value,key=value, got %r", raw[:200])
         return {}
     try:
         obj = json.loads(raw)

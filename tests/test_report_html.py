@@ -24,6 +24,7 @@ def test_markdown_tables_and_headings_become_html() -> None:
     assert "<h1>Results</h1>" in body and "<strong>bold</strong>" in body and "<code>code</code>" in body
     assert "<th>arch</th>" in body and "<td>resnet56</td><td>91.2</td>" in body and "---" not in body
     assert '<a href="figures/a.png">a.png</a>' in body
+    assert markdown_html("_Provenance: final_test_accuracy_") == "<p><em>Provenance: final_test_accuracy</em></p>"
     assert "<script>" not in markdown_html("<script>alert(1)</script>")
     page = table_html(pd.DataFrame({"arch": ["vgg16"], "ece": [None]}), "Calibration")
     assert "<h1>Calibration</h1>" in page and "<td>vgg16</td>" in page and "<td>—</td>" in page
@@ -46,7 +47,7 @@ def dump_dom(browser: str, page: Path) -> str:
 def embedded_html(report: str) -> list[str]:
     """The HTML results embedded in Snakemake's report (data URIs)."""
     found = []
-    for data in re.findall(r"data:text/html;(?:charset=[^;,]+;)?base64,([A-Za-z0-9+/=]+)", report):
+    for data in re.findall(r"data:text/html;[^,\"']*base64,([A-Za-z0-9+/=]+)", report):
         found.append(base64.b64decode(data).decode("utf-8", "replace"))
     return found
 

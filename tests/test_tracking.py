@@ -67,6 +67,9 @@ def test_config_from_environment() -> None:
     assert tracking.tracking_config({}).experiment == "sdn"
     assert not tracking.tracking_config({"SDN_TRACKING": "off"}).enabled
     assert tracking.tracking_config({"SDN_MLFLOW_TAGS": "[1, 2]"}).tags == {}
+    readable = tracking.tracking_config({"SDN_MLFLOW_TAGS": "rule=train,dataset=digits,seed=0,workflow_id="}).tags
+    assert readable == {"rule": "train", "dataset": "digits", "seed": "0", "workflow_id": ""}
+    assert tracking.tracking_config({"SDN_MLFLOW_TAGS": "no pairs here"}).tags == {}
 
 
 def test_flatten_params_respects_mlflow_limits() -> None:
