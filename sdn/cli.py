@@ -201,11 +201,33 @@ def numeric_leaves(tree: object, prefix: str = "") -> dict[str, float]:
         for key, value in tree.items():
             found.update(numeric_leaves(value, f"{prefix}{key}."))
     elif isinstance(tree, list):
+        names = exit_labels(prefix.rstrip("."), len(tree))
+        if names is not None:  # per-exit lists: charted together under the list's name (MLflow groups by "/")
+            base = prefix.rstrip(".")
+            found.update({f"{base}/{n}": float(v) for n, v in zip(names, tree, strict=True) if _number(v)})
+            return found
         for index, value in enumerate(tree):
             found.update(numeric_leaves(value, f"{prefix}{index}."))
-    elif isinstance(tree, int | float) and not isinstance(tree, bool) and math.isfinite(tree):
+    elif _number(tree):
         found[prefix.rstrip(".")] = float(tree)
     return found
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def exit_labels(path: str, length: int) -> list[str] | None:
+    """Exit names for a per-exit list in a summary (``path`` = its dotted key): ``ic1 .. final`` (key naming exits,
+    or under ``per_exit``), ``ic1 .. icN`` (key ending ``_by_ic``: ICs only), else None; the same names as
+    training's ``holdout/top1/ic1 .. final``."""
+    parts = path.split(".")
+    key = parts[-1]
+    if key.endswith("_by_ic"):
+        return [f"ic{i + 1}" for i in range(length)]
+    if length >= 1 and key != "budgets" and ("exit" in key or "per_exit" in parts[:-1]):
+        return [f"ic{i + 1}" for i in range(length - 1)] + ["final"]
+    return None
 
 
 if __name__ == "__main__":

@@ -82,3 +82,24 @@ def test_misspelt_config_key_is_named_briefly() -> None:
     config.pop("recipes")
     config["seeds"] = "x"
     assert [p.startswith("config key 'seeds'") for p in schema_problems(config, SCHEMA)] == [True]
+
+
+def test_summary_metrics_name_exits_like_training() -> None:
+    from sdn.cli import numeric_leaves
+
+    doc = {"per_exit_ece": [0.1, 0.2, 0.3], "destructive_count_by_ic": [1, 2], "budgets": [0.25], "n": 5}
+    doc["policies"] = {"confidence": {"tolerance": {"test_exit_histogram": [3, 4]}}}
+    doc["per_exit"] = {"attack_success": [9.0, 8.0]}
+    assert numeric_leaves(doc) == {
+        "per_exit_ece/ic1": 0.1,
+        "per_exit_ece/ic2": 0.2,
+        "per_exit_ece/final": 0.3,
+        "destructive_count_by_ic/ic1": 1.0,
+        "destructive_count_by_ic/ic2": 2.0,
+        "budgets.0": 0.25,
+        "n": 5.0,
+        "policies.confidence.tolerance.test_exit_histogram/ic1": 3.0,
+        "policies.confidence.tolerance.test_exit_histogram/final": 4.0,
+        "per_exit.attack_success/ic1": 9.0,
+        "per_exit.attack_success/final": 8.0,
+    }
