@@ -1,6 +1,9 @@
 # Shallow-Deep Networks (Kaya, Hong, Dumitras, ICML 2019): the whole reproduction as one workflow.
 #   snakemake --profile workflow/profiles/default                               # embedded default (digits, CPU)
 #   snakemake --profile workflow/profiles/default --configfile config/paper.yaml --resources gpu=1
+import os
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,7 +15,14 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as err:  # Snakemake's message holds the whole schema: say what is wrong, briefly
+    from sdn.config_checks import schema_problems
+
+    schema = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+    problems = schema_problems(config, schema) or [str(err).splitlines()[0]]
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 from sdn.config_checks import check_config; check_config(config)  # what the schema cannot express
 
 

@@ -7,14 +7,17 @@ and ``run(args) -> int``. This module only collects them.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 COMMAND_MODULES = (
     "archs",
@@ -35,29 +38,89 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default worth stating and the help does not state one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.default in (None, False, argparse.SUPPRESS)
+            or action.required
+            or not action.option_strings
+            or "default" in text
+            or isinstance(action, argparse._VersionAction | argparse._HelpAction)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """No silent abbreviations (``--epoch`` is not ``--epochs``); misspelt options and commands get suggestions."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def option_names(self) -> list[str]:
+        return [name for action in self._actions for name in action.option_strings]
+
+    def error(self, message: str) -> NoReturn:
+        choice = re.search(r"invalid choice: '([^']*)'", message)
+        if choice:
+            action = next((a for a in self._actions if a.choices and choice.group(1) not in a.choices), None)
+            if action is not None:
+                message += did_you_mean(choice.group(1), [str(c) for c in action.choices])
+        super().error(message)
+
+
+def did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate (difflib), or ''."""
+    close = difflib.get_close_matches(word, candidates, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def build_parser() -> Parser:
+    from sdn import __version__
+
+    parser = Parser(
         prog="sdn",
         description="Shallow-Deep Networks: train, evaluate and analyze networks with internal classifiers.",
     )
+    parser.add_argument("--version", action="version", version=f"sdn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log lines")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    parser.commands = {}
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(f"sdn.commands.{module_name}")  # a missing module is an error
-        command = sub.add_parser(
-            module.NAME,
-            help=module.HELP,
-            description=module.HELP,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(_run=module.run, _module=module)
+        parser.commands[module.NAME] = command
     return parser
+
+
+def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that unknown options are reported by their command with a suggestion."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = parser.commands.get(args.command, parser)
+        nested = getattr(args, "backdoor_command", None)  # `sdn backdoor poison|analyze`
+        for action in command._actions:
+            if nested and isinstance(action, argparse._SubParsersAction) and nested in action.choices:
+                command = action.choices[nested]
+        hints = [
+            f"{extra}{did_you_mean(extra.split('=', 1)[0], command.option_names())}"
+            for extra in extras
+            if extra.startswith("-")
+        ]
+        command.error(f"unrecognized arguments: {' '.join(hints or extras)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -67,8 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if folder is None:
             return run_tracked(args)
         from sdn.runlock import folder_lock
+        from sdn.tracking import JOURNAL_PREFIX
 
-        with folder_lock(folder, ["sdn", *(argv if argv is not None else sys.argv[1:])]):
+        command_line = ["sdn", *(argv if argv is not None else sys.argv[1:])]
+        with folder_lock(folder, command_line, scratch=[JOURNAL_PREFIX]):
             return run_tracked(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"sdn {args.command}: error: {err}", file=sys.stderr)
@@ -136,11 +201,33 @@ def numeric_leaves(tree: object, prefix: str = "") -> dict[str, float]:
         for key, value in tree.items():
             found.update(numeric_leaves(value, f"{prefix}{key}."))
     elif isinstance(tree, list):
+        names = exit_labels(prefix.rstrip("."), len(tree))
+        if names is not None:  # per-exit lists: charted together under the list's name (MLflow groups by "/")
+            base = prefix.rstrip(".")
+            found.update({f"{base}/{n}": float(v) for n, v in zip(names, tree, strict=True) if _number(v)})
+            return found
         for index, value in enumerate(tree):
             found.update(numeric_leaves(value, f"{prefix}{index}."))
-    elif isinstance(tree, int | float) and not isinstance(tree, bool) and math.isfinite(tree):
+    elif _number(tree):
         found[prefix.rstrip(".")] = float(tree)
     return found
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def exit_labels(path: str, length: int) -> list[str] | None:
+    """Exit names for a per-exit list in a summary (``path`` = its dotted key): ``ic1 .. final`` (key naming exits,
+    or under ``per_exit``), ``ic1 .. icN`` (key ending ``_by_ic``: ICs only), else None; the same names as
+    training's ``holdout/top1/ic1 .. final``."""
+    parts = path.split(".")
+    key = parts[-1]
+    if key.endswith("_by_ic"):
+        return [f"ic{i + 1}" for i in range(length)]
+    if length >= 1 and key != "budgets" and ("exit" in key or "per_exit" in parts[:-1]):
+        return [f"ic{i + 1}" for i in range(length - 1)] + ["final"]
+    return None
 
 
 if __name__ == "__main__":

@@ -109,3 +109,35 @@ def _backdoor(config: Mapping[str, Any]) -> list[str]:
                 f"0..{max(input_size - size, 0)}"
             )
     return problems
+
+
+def schema_problems(config: Mapping[str, Any], schema_path: str, limit: int = 5) -> list[str]:
+    """Short descriptions of ``config``'s JSON-Schema violations: the key, what is wrong, the allowed keys near it.
+
+    For the Snakefile: Snakemake's own message prints the whole schema after the one useful line. A misspelt key
+    names the keys allowed where it stands and the closest of them.
+    """
+    import difflib
+
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as handle:
+        schema = yaml.safe_load(handle)
+    validator = jsonschema.Draft202012Validator(schema)
+    problems: list[str] = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = ".".join(str(p) for p in error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            allowed = sorted(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(allowed), key=str):
+                name = f"{where}.{key}" if where else str(key)
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"unknown config key {name!r}{hint}; allowed here: {', '.join(allowed)}")
+        else:
+            message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+            problems.append(f"config key {where or '(top level)'!r}: {message}")
+    if len(problems) > limit:
+        problems = [*problems[:limit], f"... and {len(problems) - limit} more"]
+    return problems

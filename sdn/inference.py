@@ -41,7 +41,8 @@ def collect_logits(
     per_batch: list[list[torch.Tensor]] = []
     labels: list[torch.Tensor] = []
     try:
-        for images, targets in tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+        bar = tqdm(batches, desc=desc or "evaluate", leave=False, disable=not sys.stderr.isatty())
+        for images, targets in bar:
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             outputs = model(images)

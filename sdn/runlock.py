@@ -48,11 +48,14 @@ def describe_holder(path: Path) -> str:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike[str], command: Sequence[str] | None = None) -> Iterator[Path]:
+def folder_lock(
+    folder: str | os.PathLike[str], command: Sequence[str] | None = None, scratch: Sequence[str] = ()
+) -> Iterator[Path]:
     """Hold ``folder``'s run lock for the block; raise FolderBusyError naming the holder if another process has it.
 
-    The folder is created if needed; when this call created it and nothing but the lock file is left at the end
-    (a command that failed before writing anything), the folder is removed again.
+    The folder is created if needed; when this call created it and nothing but the lock file (and files whose
+    names start with one of ``scratch``: the tracking journal) is left at the end (a command that failed before
+    writing anything), the folder is removed again.
     """
     target = Path(folder)
     created = not target.exists()
@@ -83,7 +86,10 @@ def folder_lock(folder: str | os.PathLike[str], command: Sequence[str] | None = 
             handle.seek(0)
             handle.truncate()
             handle.flush()
-            if created and [p.name for p in target.iterdir()] == [LOCK_NAME]:
+            left = [p for p in target.iterdir() if p.name != LOCK_NAME]
+            if created and all(p.is_file() and p.name.startswith(tuple(scratch or ["\0"])) for p in left):
+                for leftover in left:
+                    leftover.unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
                 try:
                     target.rmdir()

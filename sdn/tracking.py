@@ -24,7 +24,8 @@ Environment:
     SDN_TRACKING=off         no journal, no MLflow
     SDN_TRACKING_URI         tracking URI (else MLFLOW_TRACKING_URI; neither: journal only)
     SDN_EXPERIMENT           experiment name (default "sdn")
-    SDN_MLFLOW_TAGS          JSON object of run tags; "wildcards": {...} becomes wildcard.<name> tags
+    SDN_MLFLOW_TAGS          run tags: key=value,key=value (the workflow's form), or a JSON object whose
+                             "wildcards": {...} become plain tags (dataset, arch, ...)
     SDN_TRACKING_DEADLINE    seconds one upload may take in all (default 30 for a server, 90 for a local store)
 """
 
@@ -140,6 +141,12 @@ def deadline_for(uri: str, configured: float | None = None) -> float:
 def _env_tags(raw: str | None) -> dict[str, str]:
     if not raw:
         return {}
+    if not raw.lstrip().startswith(("{", "[")):  # the workflow's readable form: key=value,key=value
+        pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+        if all(len(pair) == 2 and pair[0].strip() for pair in pairs):
+            return clean_tags({key.strip(): value for key, value in pairs})
+        log.warning("ignoring SDN_MLFLOW_TAGS: expected JSON or key=value,key=value, got %r", raw[:200])
+        return {}
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -151,7 +158,7 @@ def _env_tags(raw: str | None) -> dict[str, str]:
     tags: dict[str, Any] = {}
     for key, value in obj.items():
         if key == "wildcards" and isinstance(value, Mapping):
-            tags.update({f"wildcard.{name}": v for name, v in value.items()})
+            tags.update(value)  # one tag scheme for every run: dataset, arch, seed, variant (RUN_TAGS)
         else:
             tags[key] = value
     return clean_tags(tags)
@@ -246,6 +253,7 @@ class Run:
             "sdn.command": command,
             "sdn.journal_id": self.journal_id,
         }
+        self.tags.setdefault("step", config.tags.get("rule") or command)
         if out_dir is not None:
             self.tags["sdn.out_dir"] = str(out_dir)
         self.metrics: list[dict[str, Any]] = []
@@ -291,7 +299,7 @@ class Run:
             "journal_id": self.journal_id,
             "command": self.command,
             "experiment": self.config.experiment,
-            "run_name": _run_name(self.command, self.out_dir),
+            "run_name": run_name(self.command, self.out_dir, self.tags),
             "params": self.params,
             "tags": self.tags,
             "metrics": self.metrics,
@@ -372,10 +380,37 @@ def patch_journal_in_place(path: Path, journal: Mapping[str, Any], problem: str)
     return True
 
 
-def _run_name(command: str, out_dir: Path | None) -> str:
+RUN_TAGS = ("dataset", "arch", "seed", "variant", "step")  # the tags every run carries when they apply
+
+
+def metric_key(split: str, kind: str, exit_index: int, num_exits: int) -> str:
+    """The MLflow name of one exit's metric: ``test/top1/ic1`` .. ``test/top1/final`` (the last exit is ``final``,
+    so a CNN's only head and an SDN's last one share a name; MLflow groups charts by the part before ``/``)."""
+    head = "final" if exit_index == num_exits - 1 else f"ic{exit_index + 1}"
+    return f"{split}/{kind}/{head}"
+
+
+def run_name(command: str, out_dir: Path | None, tags: Mapping[str, str]) -> str:
+    """``digits/resnet56/s0/sdn: train`` from the run's tags, else ``train: <short out path>``."""
+    step = tags.get("step") or command
+    where = [tags.get("dataset"), tags.get("arch"), tags.get("seed"), tags.get("variant")]
+    if where[0]:
+        if where[2] is not None and where[2] != "" and not str(where[2]).startswith("s"):
+            where[2] = f"s{where[2]}"
+        return f"{'/'.join(str(p) for p in where if p)}: {step}"
     if out_dir is None:
-        return command
-    return f"{command} {'/'.join(Path(out_dir).parts[-4:])}"
+        return step
+    return f"{step}: {short_path(out_dir)}"
+
+
+def short_path(path: Path) -> str:
+    """``path`` relative to the working folder when inside it, else its last three parts (no leading ``/``)."""
+    try:
+        relative = Path(path).resolve().relative_to(Path.cwd().resolve())
+        parts = relative.parts
+    except (OSError, ValueError):
+        parts = tuple(p for p in Path(path).parts if p not in ("/", ""))
+    return "/".join(parts[-3:]) or "."
 
 
 @contextmanager
@@ -556,10 +591,30 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(db_path)
 
 
-def sqlite_artifact_location(uri: str) -> str | None:
-    """For ``sqlite:///path/db``: ``file:`` URI of ``<db folder>/mlartifacts`` (MLflow would use ./mlartifacts)."""
+ARTIFACTS_SCHEME = "mlflow-artifacts:"
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def sqlite_artifact_location(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """For ``sqlite:///path/db``: ``mlflow-artifacts:/<experiment>``, a location that names no machine's folder.
+
+    ``upload_journal`` copies the files to ``<db folder>/mlartifacts/<experiment>/...`` itself, and
+    ``mlflow server --backend-store-uri sqlite:///<db> --artifacts-destination <db folder>/mlartifacts`` serves
+    them, so a results folder copied to another machine still browses its artifacts (an absolute ``file://``
+    location would point at the first machine's disk).
+    """
+    if sqlite_path(uri) is None:
+        return None
+    return f"{ARTIFACTS_SCHEME}/{re.sub(r'[^A-Za-z0-9_.-]', '_', experiment) or 'sdn'}"
+
+
+def local_artifact_root(uri: str, artifact_uri: str) -> Path | None:
+    """Where a run of a SQLite store with an ``mlflow-artifacts:`` location keeps its files (None otherwise)."""
     db_path = sqlite_path(uri)
-    return None if db_path is None else (db_path.resolve().parent / "mlartifacts").as_uri()
+    if db_path is None or not artifact_uri.startswith(ARTIFACTS_SCHEME):
+        return None
+    rest = artifact_uri.removeprefix(ARTIFACTS_SCHEME).lstrip("/")
+    return db_path.parent / ARTIFACTS_FOLDER / rest
 
 
 STORE_READY = "ready"
@@ -632,7 +687,8 @@ def ensure_experiment(client: Any, name: str, uri: str) -> str:
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        return str(with_lock_retry(client.create_experiment, name, artifact_location=sqlite_artifact_location(uri)))
+        location = sqlite_artifact_location(uri, name)
+        return str(with_lock_retry(client.create_experiment, name, artifact_location=location))
     except Exception:
         experiment = with_lock_retry(client.get_experiment_by_name, name)  # another job created it meanwhile
         if experiment is None:
@@ -723,7 +779,24 @@ def _upload(
     for chunk in _chunks(run_tags, PARAMS_PER_BATCH):
         with_lock_retry(client.log_batch, run_id, tags=chunk)
 
-    for rel in journal.get("artifacts", []):
+    artifacts = journal.get("artifacts", [])
+    local_root = None
+    if artifacts:
+        local_root = local_artifact_root(uri, with_lock_retry(client.get_run, run_id).info.artifact_uri)
+    if local_root is not None:
+        from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+        local = LocalArtifactRepository(str(local_root))
+        log_file, log_dir = local.log_artifact, local.log_artifacts
+    else:
+
+        def log_file(path: str, artifact_path: str | None) -> None:
+            with_lock_retry(client.log_artifact, run_id, path, artifact_path=artifact_path)
+
+        def log_dir(path: str, artifact_path: str | None) -> None:
+            with_lock_retry(client.log_artifacts, run_id, path, artifact_path=artifact_path)
+
+    for rel in artifacts:
         path = Path(rel) if base_dir is None else base_dir / rel
         if not path.exists():
             log.warning("artifact %s of run %s is gone; not uploaded", path, run_id)
@@ -731,9 +804,9 @@ def _upload(
         parent = Path(rel).parent
         artifact_dir = None if base_dir is None or rel.startswith("..") or parent == Path(".") else parent.as_posix()
         if path.is_dir():
-            with_lock_retry(client.log_artifacts, run_id, str(path), artifact_path=_join(artifact_dir, path.name))
+            log_dir(str(path), _join(artifact_dir, path.name))
         else:
-            with_lock_retry(client.log_artifact, run_id, str(path), artifact_path=artifact_dir)
+            log_file(str(path), artifact_dir)
 
     status = journal.get("status", "FINISHED")
     if status == "RUNNING":

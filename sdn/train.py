@@ -309,7 +309,7 @@ def holdout_accuracy(model: nn.Module, batches: Batches | None, options: EngineO
     if batches is None:
         return []
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if options.amp else nullcontext():
-        logits, labels = collect_logits(model, batches, channels_last=options.channels_last)
+        logits, labels = collect_logits(model, batches, channels_last=options.channels_last, desc="holdout")
     return topk_accuracy(logits, labels, 1)
 
 
@@ -344,9 +344,9 @@ def train(
     from sdn.device import resolve_device
 
     if recipe.kind == "ic_only" and parent is None:
-        raise ValueError("recipe 'ic_only' needs parent= (the trained cnn model.pt whose backbone it freezes)")
+        raise ValueError("recipe 'ic_only' needs --parent (the trained cnn model.pt whose backbone it freezes)")
     if recipe.kind != "ic_only" and parent is not None:
-        raise ValueError(f"parent= is only used by the ic_only recipe, not {recipe.kind!r}")
+        raise ValueError(f"--parent is only used by the ic_only recipe, not {recipe.kind!r}")
     if max_train_samples is not None and max_train_samples < 1:
         raise ValueError(f"max_train_samples must be a positive integer, got {max_train_samples}")
     target = device if isinstance(device, torch.device) else resolve_device(device, allow_cpu_fallback)
@@ -511,10 +511,18 @@ def _alpha_mode(model: MultiExitNet) -> str:
     return "bounded"
 
 
+def exit_accuracy_text(accuracy: list[float | None]) -> str:
+    """``IC1 41.2 IC2 55.0 final 80.3`` (``-`` for an exit not trained); ``n/a`` without holdout."""
+    if not accuracy:
+        return "n/a"
+    names = [f"IC{i + 1}" for i in range(len(accuracy) - 1)] + ["final"]
+    return " ".join(f"{name} {'-' if a is None else f'{a:.1f}'}" for name, a in zip(names, accuracy, strict=True))
+
+
 def _report_epoch(row: dict[str, float], accuracy: list[float | None], epochs: int, bar: Any) -> None:
     acc = " ".join("-" if a is None else f"{a:.1f}" for a in accuracy) or "n/a"
     if bar is not None:
-        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}", final=acc.split()[-1])
+        bar.set_postfix_str(f"loss {row['loss']:.4f} lr {row['lr']:.2g} holdout top-1 {exit_accuracy_text(accuracy)}")
         return
     log.info(
         "epoch %d/%d loss %.4f lr %.3g holdout top-1 per exit [%s] %.0f img/s",

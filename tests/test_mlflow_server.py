@@ -105,8 +105,52 @@ def test_server_on_loopback_finds_every_run(tmp_path: Path, monkeypatch: pytest.
             tags = {t["key"]: t["value"] for t in remote["data"]["tags"]}
             assert tags["rule"] == "train" and tags["workflow_id"] == "wf1" and tags["git_commit"] == "abc"
             assert tags["sdn.command"] == "train" and remote["info"]["status"] == "FINISHED"
-            seen[tags["sdn.journal_id"]] = tags["wildcard.variant"]
+            seen[tags["sdn.journal_id"]] = tags["variant"]
         assert seen == journal_ids
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+def test_results_copied_elsewhere_still_serve_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Artifact locations name no folder: a copied results folder, served with --artifacts-destination, reads."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    results = tmp_path / "cluster" / "results"
+    monkeypatch.setenv("SDN_TRACKING_URI", f"sqlite:///{results / 'mlflow.db'}")
+    monkeypatch.delenv("SDN_TRACKING", raising=False)
+    monkeypatch.delenv("SDN_EXPERIMENT", raising=False)
+    monkeypatch.delenv("SDN_MLFLOW_TAGS", raising=False)
+    out_dir = results / "digits" / "tiny" / "s0" / "sdn"
+    out_dir.mkdir(parents=True)
+    (out_dir / "history.csv").write_text("epoch,loss\n1,0.5\n")
+    with tracking.track("train", {}, out_dir=out_dir) as run:
+        run.log_artifact(out_dir / "history.csv")
+
+    laptop = tmp_path / "laptop" / "results"
+    shutil.copytree(results, laptop)
+    shutil.rmtree(tmp_path / "cluster")  # nothing of the first machine is left
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{laptop / 'mlflow.db'}"]
+    command += ["--artifacts-destination", str(laptop / "mlartifacts")]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_healthy(base, server)
+        client = MlflowClient(tracking_uri=base)
+        (remote,) = client.search_runs([client.get_experiment_by_name("sdn").experiment_id])
+        assert [a.path for a in client.list_artifacts(remote.info.run_id)] == ["history.csv"]
+        fetched = client.download_artifacts(remote.info.run_id, "history.csv", str(tmp_path))
+        assert Path(fetched).read_text() == "epoch,loss\n1,0.5\n"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

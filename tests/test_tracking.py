@@ -61,12 +61,15 @@ def test_config_from_environment() -> None:
     }
     config = tracking.tracking_config(env)
     assert config.enabled and config.uri == "sqlite:///x.db" and config.experiment == "repro"
-    assert config.tags == {"rule": "train", "wildcard.arch": "vgg16", "wildcard.seed": "0", "git_commit": "ab"}
+    assert config.tags == {"rule": "train", "arch": "vgg16", "seed": "0", "git_commit": "ab"}
     assert tracking.tracking_config({"MLFLOW_TRACKING_URI": "http://h:1"}).uri == "http://h:1"
     assert tracking.tracking_config({}).uri is None
     assert tracking.tracking_config({}).experiment == "sdn"
     assert not tracking.tracking_config({"SDN_TRACKING": "off"}).enabled
     assert tracking.tracking_config({"SDN_MLFLOW_TAGS": "[1, 2]"}).tags == {}
+    readable = tracking.tracking_config({"SDN_MLFLOW_TAGS": "rule=train,dataset=digits,seed=0,workflow_id="}).tags
+    assert readable == {"rule": "train", "dataset": "digits", "seed": "0", "workflow_id": ""}
+    assert tracking.tracking_config({"SDN_MLFLOW_TAGS": "no pairs here"}).tags == {}
 
 
 def test_flatten_params_respects_mlflow_limits() -> None:
@@ -198,16 +201,18 @@ def test_unreachable_server_then_sync(tmp_path: Path, monkeypatch: pytest.Monkey
 
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("sdn")
-    assert experiment.artifact_location == (tmp_path / "store" / "mlartifacts").resolve().as_uri()
+    assert experiment.artifact_location == "mlflow-artifacts:/sdn"  # names no machine's folder
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     remote = runs[0]
     assert remote.info.run_id == synced["sync"]["run_id"] and remote.info.status == "FINISHED"
     assert remote.data.params == {"recipe.lr": "0.1", "recipe.epochs": "2"}
-    assert remote.data.tags["rule"] == "train" and remote.data.tags["wildcard.arch"] == "tiny"
+    assert remote.data.tags["rule"] == "train" and remote.data.tags["arch"] == "tiny"
     assert remote.data.tags["sdn.journal_id"] == journal["journal_id"]
     assert [m.value for m in client.get_metric_history(remote.info.run_id, "loss")] == [1.0, 0.5]
-    assert [a.path for a in client.list_artifacts(remote.info.run_id)] == ["history.csv"]
+    stored = tracking.local_artifact_root(store, remote.info.artifact_uri)
+    assert stored is not None and [p.name for p in stored.iterdir()] == ["history.csv"]
+    assert stored.is_relative_to(tmp_path / "store" / "mlartifacts")
 
     assert cli_main(["sync-mlflow", "--results", str(results), "--uri", store]) == 0
     assert len(client.search_runs([experiment.experiment_id])) == 1
@@ -264,9 +269,55 @@ def test_eight_concurrent_jobs_on_one_sqlite_store(tmp_path: Path) -> None:
     assert len(runs) == jobs
     seen_jobs = set()
     for remote in runs:
-        index = int(remote.data.tags["wildcard.job"])
+        index = int(remote.data.tags["job"])
         seen_jobs.add(index)
         for key in KEYS:
             history = client.get_metric_history(remote.info.run_id, key)
             assert sorted((m.step, m.value) for m in history) == [(s, index * 1000 + s) for s in range(STEPS)]
     assert seen_jobs == set(range(jobs))
+
+
+def test_metric_names_run_names_and_tags_through_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-exit metrics say which exit (the last is ``final`` in every run kind); names and tags are one scheme."""
+    from mlflow.tracking import MlflowClient
+
+    from sdn.commands.train import epoch_metrics
+
+    store = sqlite_uri(tmp_path / "results" / "mlflow.db")
+    monkeypatch.setenv("SDN_TRACKING_URI", store)
+    wildcards = {"dataset": "digits", "arch": "resnet56", "seed": "0"}
+    for variant, exits in (("cnn", 1), ("sdn", 3)):
+        tags = {"rule": "train", "wildcards": {**wildcards, "variant": variant}}
+        monkeypatch.setenv("SDN_MLFLOW_TAGS", json.dumps(tags))
+        row = {"epoch": 1, "lr": 0.1, "loss": 2.0, **{f"holdout_top1_exit{i}": 10.0 * i for i in range(exits)}}
+        with tracking.track("train", {}, out_dir=tmp_path / "results" / variant) as run:
+            run.log_metrics(epoch_metrics(row), step=1)
+    monkeypatch.delenv("SDN_MLFLOW_TAGS")
+    monkeypatch.chdir(tmp_path)
+    with tracking.track("confusion", {}, out_dir=Path("/tmp/x")):  # by hand: no wildcards, an absolute --out
+        pass
+
+    client = MlflowClient(tracking_uri=store)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("sdn").experiment_id])}
+    assert set(runs) == {"digits/resnet56/s0/cnn: train", "digits/resnet56/s0/sdn: train", "confusion: tmp/x"}
+    cnn, sdn = runs["digits/resnet56/s0/cnn: train"], runs["digits/resnet56/s0/sdn: train"]
+    assert set(cnn.data.metrics) == {"train/lr", "train/loss", "holdout/top1/final"}
+    assert set(sdn.data.metrics) == {
+        "train/lr",
+        "train/loss",
+        "holdout/top1/ic1",
+        "holdout/top1/ic2",
+        "holdout/top1/final",
+    }
+    assert cnn.data.metrics["holdout/top1/final"] == 0.0 and sdn.data.metrics["holdout/top1/final"] == 20.0
+    for remote, variant in ((cnn, "cnn"), (sdn, "sdn")):
+        tags = remote.data.tags
+        assert (tags["dataset"], tags["arch"], tags["seed"], tags["variant"]) == ("digits", "resnet56", "0", variant)
+        assert tags["step"] == "train" and tags["rule"] == "train"
+    assert runs["confusion: tmp/x"].data.tags["step"] == "confusion"
+    # one filter finds every run of a variant, whatever its kind
+    found = client.search_runs(
+        [cnn.info.experiment_id], filter_string="tags.variant = 'sdn' and tags.arch = 'resnet56'"
+    )
+    assert [r.info.run_name for r in found] == ["digits/resnet56/s0/sdn: train"]
+    assert tracking.metric_key("test", "top5", 0, 7) == "test/top5/ic1"

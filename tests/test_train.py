@@ -164,7 +164,7 @@ def test_ic_only_train_mode_reproduces_original_bn_drift(tiny, tiny_data: Path, 
 
 
 def test_ic_only_needs_parent(tiny, tiny_data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs parent"):
+    with pytest.raises(ValueError, match="needs --parent"):
         tiny.train(tiny_data, tmp_path / "ic", kind="ic_only")
     with pytest.raises(FileNotFoundError, match="parent checkpoint"):
         tiny.train(tiny_data, tmp_path / "ic", kind="ic_only", parent=tmp_path / "missing.pt")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sdn.tracking import tracking_config
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER_JOBS = {  # 4 archs x 3 data sets x 1 seed = 12 (data set, arch, seed) runs, backdoor on cifar10 vgg16bn
     "prepare_data": 3,
@@ -213,8 +215,8 @@ def check_mlflow_runs(store: Path, expected_jobs: int) -> None:
         assert len(runs) == expected_jobs, Counter(t.get("rule") for t in tags)
         assert len({t["workflow_id"] for t in tags}) == 1
         assert all(t.get("git_commit") for t in tags)
-        trained = [t for t in tags if t.get("rule") == "train" and t.get("wildcard.variant") == "cnn"]
-        assert sorted(t["wildcard.arch"] for t in trained) == ["mobilenet", "resnet56"]
+        trained = [t for t in tags if t.get("rule") == "train" and t.get("variant") == "cnn"]
+        assert sorted(t["arch"] for t in trained) == ["mobilenet", "resnet56"]
         assert all(run["info"]["status"] == "FINISHED" for run in runs)
     finally:
         server.terminate()
@@ -236,14 +238,17 @@ def test_jobs_carry_mlflow_tags_expanded_by_their_shell(snakemake, tmp_path: Pat
     # the id is expanded by each job's shell from the inherited environment, never baked into the params
     # (which would make every new invocation rerun everything)
     assert "wf-test-123" not in done.stdout
-    words = re.findall(r'SDN_MLFLOW_TAGS="(?:[^"\\]|\\.)*"', done.stdout)
+    words = re.findall(r'SDN_MLFLOW_TAGS="[^"]*"', done.stdout)
     assert len(words) == 38  # every job but `all` and `resolved_config`
-    train = next(w for w in words if '\\"train\\"' in w and '\\"ic_only\\"' in w and "mobilenet" in w)
+    train = next(w for w in words if "rule=train," in w and "variant=ic_only" in w and "mobilenet" in w)
     shell = f'SDN_WORKFLOW_ID=wf-1 SDN_GIT_COMMIT=abc; {train}; printf %s "$SDN_MLFLOW_TAGS"'
     expanded = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
-    assert json.loads(expanded.stdout) == {
+    assert tracking_config({"SDN_MLFLOW_TAGS": expanded.stdout}).tags == {
         "rule": "train",
-        "wildcards": {"dataset": "digits", "arch": "mobilenet", "seed": "0", "variant": "ic_only"},
+        "dataset": "digits",
+        "arch": "mobilenet",
+        "seed": "0",
+        "variant": "ic_only",
         "workflow_id": "wf-1",
         "git_commit": "abc",
     }

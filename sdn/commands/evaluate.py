@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdn.checkpoint import read_meta
     from sdn.evaluate import evaluate
-    from sdn.tracking import track
+    from sdn.tracking import metric_key, track
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     params = {"checkpoint": str(args.checkpoint), "data": str(args.data), "splits": ",".join(splits)}
@@ -40,9 +41,16 @@ def run(args: argparse.Namespace) -> int:
         )
         for split, values in metrics["splits"].items():
             for kind in ("top1", "top5"):
+                num_exits = len(values[kind])
                 tracked.log_metrics(
-                    {f"{split}_{kind}_exit{i}": v for i, v in enumerate(values[kind]) if v is not None}
+                    {metric_key(split, kind, i, num_exits): v for i, v in enumerate(values[kind]) if v is not None}
                 )
+        try:
+            meta = read_meta(args.checkpoint.parent)
+        except (OSError, ValueError):
+            meta = {}
+        by_hand = {key: meta.get(key) for key in ("dataset", "arch", "seed", "variant")}
+        tracked.set_tags({k: v for k, v in by_hand.items() if v is not None and k not in tracked.tags})
         tracked.log_artifact(args.out.parent / "metrics.json")
     print(args.out)
     return 0

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sdn.device import DEVICE_CHOICES
+
 log = logging.getLogger(__name__)
 
 NAME = "gradcam"
@@ -24,10 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for gradcam.{png,pdf} and samples.csv")
     parser.add_argument("--split", default="test", help="split to draw samples from")
     parser.add_argument("--max-samples", type=int, default=8, help="rows of the figure")
-    parser.add_argument("--device", default="cpu", help="torch device for the model")
+    parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdn.device import resolve_device
+
     make_gradcam(
         args.checkpoint,
         args.data,
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         split=args.split,
         max_samples=args.max_samples,
-        device=args.device,
+        device=str(resolve_device(args.device, allow_cpu_fallback=True)),
     )
     return 0
 

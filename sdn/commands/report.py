@@ -43,11 +43,23 @@ def provenance_line(found_commits: list[str], config_json: Path | None) -> str:
     return "_Provenance: " + "; ".join(parts) + "._"
 
 
+TABLE_TITLES = {
+    "status": "Runs found (status)",
+    "per_exit_accuracy": "Per-exit test accuracy (%)",
+    "early_exit": "Early exit: accuracy and cost",
+    "overthinking": "Overthinking: wasteful and destructive",
+    "confusion": "Confusion vs confidence",
+    "calibration": "Calibration (ECE)",
+    "backdoor": "Backdoor",
+}
+
+
 def write_report(results: Path, out_dir: Path, *, config_json: Path | None = None) -> Path:
     """Write tables/*.csv, tables/*.md, figures/* and summary.md into ``out_dir``; return summary.md's path."""
     from sdn.io import read_json, write_json, write_text
     from sdn.report.collect import collect
     from sdn.report.figures import write_figures
+    from sdn.report.html import markdown_html, page, table_html
     from sdn.report.summary import TABLES, markdown_table, summary_markdown
 
     if config_json is not None and not config_json.is_file():
@@ -57,6 +69,7 @@ def write_report(results: Path, out_dir: Path, *, config_json: Path | None = Non
     for name, table in tables.items():
         write_text(out_dir / "tables" / f"{name}.csv", table.to_csv(index=False))
         write_text(out_dir / "tables" / f"{name}.md", markdown_table(table))
+        write_text(out_dir / "tables" / f"{name}.html", table_html(table, TABLE_TITLES.get(name, name)))
     figures = write_figures(found, out_dir / "figures")
     copy_config = config_json is not None and config_json.resolve() != (out_dir / "config.json").resolve()
     if copy_config:
@@ -81,6 +94,8 @@ def write_report(results: Path, out_dir: Path, *, config_json: Path | None = Non
     write_text(out_dir / "paper_vs_ours.md", paper)
     summary = out_dir / "summary.md"
     write_text(summary, text + "\n" + paper)
+    # Snakemake's report shows HTML inline (Markdown only as a download); figures there sit in their own categories
+    write_text(out_dir / "summary.html", page("Summary", markdown_html(text + "\n" + paper)))
     log.info("report of %d run(s) written to %s (%d figure files)", len(found.keys), out_dir, len(figures))
     for problem in found.problems:
         log.warning("%s", problem)

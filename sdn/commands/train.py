@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_int_list,
         help="comma-separated 1-based epochs at which the lr drops x0.1 (default: the paper's, scaled to --epochs)",
     )
-    parser.add_argument("--seed", type=int, default=1221, help="random seed (the paper's is 1221)")
+    parser.add_argument("--seed", type=int, default=1221, help="random seed, as in the paper")
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N")
     parser.add_argument(
         "--allow-cpu-fallback", action="store_true", help="train on the CPU with a warning if no GPU is available"
@@ -136,17 +136,31 @@ def run(args: argparse.Namespace) -> int:
             cuda_graph=args.cuda_graph,
             ic_input=args.ic_input,
             alpha_mode=args.alpha_mode,
-            on_epoch=lambda epoch, metrics: tracked.log_metrics(_numeric(metrics), step=epoch),
+            on_epoch=lambda epoch, metrics: tracked.log_metrics(epoch_metrics(metrics), step=epoch),
         )
         meta = read_meta(model_path.parent)
-        final = {f"final_holdout_top1_exit{i}": a for i, a in enumerate(meta["holdout_accuracy"])}
-        tracked.log_metrics(final)
-        tracked.set_tags({"variant": recipe.kind, "arch": args.arch, "dataset": meta["dataset"]})
+        # the workflow's wildcards (already tags) win; a run by hand is named from what it trained
+        by_hand = {"dataset": meta["dataset"], "arch": args.arch, "seed": args.seed, "variant": recipe.kind}
+        tracked.set_tags({k: v for k, v in by_hand.items() if k not in tracked.tags})
+        tracked.set_tags({"recipe": recipe.kind})
         for name in ("meta.json", "history.csv"):
             tracked.log_artifact(model_path.parent / name)
     print(model_path)
     return 0
 
 
-def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, int | float)}
+def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """One history row as MLflow metrics: ``train/loss``, ``train/lr``, ... and ``holdout/top1/ic1`` .. ``final``.
+
+    The last exit with an accuracy is the final head (a CNN's only one), so it is ``final`` in every run kind.
+    """
+    from sdn.tracking import metric_key
+
+    exits = {int(k.removeprefix(HISTORY_EXIT)): v for k, v in row.items() if k.startswith(HISTORY_EXIT)}
+    num_exits = max(exits, default=-1) + 1
+    metrics = {f"train/{k}": float(v) for k, v in row.items() if k != "epoch" and not k.startswith(HISTORY_EXIT)}
+    metrics.update({metric_key("holdout", "top1", i, num_exits): float(v) for i, v in exits.items()})
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+HISTORY_EXIT = "holdout_top1_exit"  # history.csv's per-exit column prefix (sdn.train)

@@ -135,4 +135,4 @@ rule gradcam:
         CONDA_ENV
     shell:
         "{params.env} sdn gradcam --checkpoint {input.model} --data {params.data} --outputs {input.outputs}"
-        " --out {params.out} --max-samples {params.max_samples} > {log} 2>&1"
+        " --out {params.out} --max-samples {params.max_samples} --device cpu > {log} 2>&1"

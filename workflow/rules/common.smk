@@ -143,22 +143,17 @@ def init_tracking_store() -> None:
 
 
 def job_env(rule_name: str):
-    """Params function: `SDN_MLFLOW_TAGS="<json>"`, the environment assignment that tags the job's MLflow run.
+    """Params function: `SDN_MLFLOW_TAGS="rule=...,dataset=...,workflow_id=${SDN_WORKFLOW_ID},..."`, the environment
+    assignment that tags the job's MLflow run (key=value pairs: readable in the report's job parameters).
 
     The ${...} references are expanded by the job's shell, so the params stay the same from one invocation to the
     next and never trigger a rerun. (Snakemake itself sets OMP_NUM_THREADS and friends to the rule's threads.)
     """
 
     def build(wildcards) -> str:
-        document = {
-            "rule": rule_name,
-            "wildcards": dict(wildcards.items()),
-            "workflow_id": "@WORKFLOW_ID@",
-            "git_commit": "@GIT_COMMIT@",
-        }
-        text = json.dumps(document, sort_keys=True).replace('"', '\\"')
-        text = text.replace("@WORKFLOW_ID@", "${SDN_WORKFLOW_ID}").replace("@GIT_COMMIT@", "${SDN_GIT_COMMIT}")
-        return f'SDN_MLFLOW_TAGS="{text}"'
+        pairs = [("rule", rule_name), *wildcards.items()]
+        pairs += [("workflow_id", "${SDN_WORKFLOW_ID}"), ("git_commit", "${SDN_GIT_COMMIT}")]
+        return 'SDN_MLFLOW_TAGS="' + ",".join(f"{key}={value}" for key, value in pairs) + '"'
 
     return build
 
