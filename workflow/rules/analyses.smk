@@ -24,7 +24,7 @@ rule early_exit:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn early-exit --outputs {input.outputs} --out {params.out} {params.options} > {log} 2>&1"
+        "{params.env} sdn early-exit --outputs {input.outputs:q} --out {params.out:q} {params.options} > {log:q} 2>&1"
 
 
 rule overthinking:
@@ -50,8 +50,8 @@ rule overthinking:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn overthinking --outputs {input.outputs} --out {params.out} --split {params.split}"
-        " > {log} 2>&1"
+        "{params.env} sdn overthinking --outputs {input.outputs:q} --out {params.out:q} --split {params.split:q}"
+        " > {log:q} 2>&1"
 
 
 rule confusion:
@@ -77,8 +77,8 @@ rule confusion:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn confusion --outputs {input.outputs} --cnn-outputs {input.cnn} --out {params.out}"
-        " > {log} 2>&1"
+        "{params.env} sdn confusion --outputs {input.outputs:q} --cnn-outputs {input.cnn:q} --out {params.out:q}"
+        " > {log:q} 2>&1"
 
 
 rule calibration:
@@ -104,7 +104,7 @@ rule calibration:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn calibration --outputs {input.outputs} --out {params.out} {params.options} > {log} 2>&1"
+        "{params.env} sdn calibration --outputs {input.outputs:q} --out {params.out:q} {params.options} > {log:q} 2>&1"
 
 
 rule gradcam:
@@ -112,6 +112,7 @@ rule gradcam:
         model=f"{RUN}/model.pt",
         outputs=f"{RUN}/outputs.npz",
         data=f"{DATA['clean']}/meta.json",
+        test_split=f"{DATA['clean']}/test.pt",
     output:
         figure=report(
             f"{RUN}/analysis/gradcam/gradcam.png",
@@ -132,5 +133,5 @@ rule gradcam:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn gradcam --checkpoint {input.model} --data {params.data} --outputs {input.outputs}"
-        " --out {params.out} --max-samples {params.max_samples} > {log} 2>&1"
+        "{params.env} sdn gradcam --checkpoint {input.model:q} --data {params.data:q} --outputs {input.outputs:q}"
+        " --out {params.out:q} --max-samples {params.max_samples:q} > {log:q} 2>&1"
