@@ -359,12 +359,15 @@ def train(
         "exit_positions": list(model.exit_positions),
         "max_train_samples": max_train_samples,
         "parent": str(parent) if parent is not None else None,
+        "data": data.identity(),
     }
     history: list[dict[str, float]] = []
     start_epoch = 1
     state = checkpoint.load_resume_state(out, target)
+    last_path = out / checkpoint.LAST
+    if state is not None and not _same_data(state["identity"], identity, last_path):
+        state = None  # trained on other data: start fresh (last.pt is replaced after the first epoch)
     if state is not None:
-        last_path = out / checkpoint.LAST
         _check_resume(state["identity"], identity, last_path)
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
@@ -458,6 +461,25 @@ def _graph_step(model: MultiExitNet, optimizer: torch.optim.Optimizer, recipe: R
         amp=options.amp,
         channels_last=options.channels_last,
     )
+
+
+def _same_data(saved: dict[str, Any], current: dict[str, Any], path: Path) -> bool:
+    """Whether ``path`` (last.pt) was trained on the same prepared splits; if not, say so (the run starts fresh)."""
+    before, now = saved.get("data"), current["data"]
+    if before == now:
+        return True
+    changed = sorted(
+        s
+        for s in {*(before or {}).get("sha256", {}), *now["sha256"]}
+        if (before or {}).get("sha256", {}).get(s) != now["sha256"].get(s)
+    )
+    log.warning(
+        "not resuming from %s: it was trained on other data (%s; changed split files: %s); starting fresh",
+        path,
+        "no data identity recorded" if before is None else f"dataset {before.get('dataset')!r}",
+        ", ".join(changed) or "none",
+    )
+    return False
 
 
 def _check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
