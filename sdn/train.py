@@ -77,14 +77,34 @@ def build_model(
     return model
 
 
-def load_parent(model: MultiExitNet, parent: str | os.PathLike[str], arch: str) -> dict[str, Any]:
-    """Load a trained CNN checkpoint's backbone into ``model`` (IC-only training); return the parent's meta."""
+def load_parent(
+    model: MultiExitNet,
+    parent: str | os.PathLike[str],
+    arch: str,
+    data: Any = None,
+    force_data_mismatch: bool = False,
+) -> dict[str, Any]:
+    """Load a trained CNN checkpoint's backbone into ``model`` (IC-only training); return the parent's meta.
+
+    With ``data`` (the PreparedData being trained on), a parent trained with other held-out/test splits is refused
+    unless ``force_data_mismatch``.
+    """
+    from sdn.data.prepare import data_mismatch
+
     path = Path(parent)
     if not path.is_file():
         raise FileNotFoundError(f"parent checkpoint {path} does not exist (ic_only needs a trained cnn model.pt)")
     state_dict, meta = checkpoint.read(path)
     if meta.get("arch") not in (None, arch):
         raise ValueError(f"parent checkpoint {path} is a {meta.get('arch')!r}, not a {arch!r}")
+    mismatch = data_mismatch(meta.get("data"), data.identity()) if data is not None else None
+    if mismatch and not force_data_mismatch:
+        raise ValueError(
+            f"parent checkpoint {path} was trained on other data than {data.path} ({mismatch}; parent first, data "
+            "second): train on the parent's data, retrain the parent, or pass --force-data-mismatch"
+        )
+    if mismatch:
+        log.warning("parent %s was trained on other data than %s: %s (forced)", path, data.path, mismatch)
     model.load_backbone_state(state_dict)
     return meta
 
@@ -310,6 +330,7 @@ def train(
     compile_model: bool = False,
     allow_cpu_fallback: bool = False,
     cuda_graph: bool | None = None,
+    force_data_mismatch: bool = False,
 ) -> Path:
     """Train ``arch`` with ``recipe`` on the prepared data in ``data_dir``; return ``out_dir/model.pt``.
 
@@ -344,7 +365,7 @@ def train(
     seed_everything(seed)
     model = build_model(arch, recipe, num_classes=info.num_classes, input_size=info.input_size, exits=exits)
     if parent is not None:
-        load_parent(model, parent, arch)
+        load_parent(model, parent, arch, data, force_data_mismatch)
         freeze_backbone(model)
     model.to(target)
     if options.channels_last:

@@ -169,3 +169,41 @@ def test_published_outputs_without_a_record_stay_readable(tmp_path: Path) -> Non
 def test_copy_of_a_run_is_still_verified(trained: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(trained.parent, tmp_path / "copy"))
     assert checkpoint.read(copy / "model.pt")[1]["arch"] == io.read_json(copy / "meta.json")["arch"]
+
+
+# ---------------------------------------------------------------- checks between runs
+
+
+def test_evaluate_refuses_a_checkpoint_trained_on_other_splits(
+    tiny, trained: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    from sdn.evaluate import evaluate
+
+    other = tiny.prepared(tmp_path / "other", n_holdout=16, seed=1)  # other held-out/test images
+    out = tmp_path / "eval" / "outputs.npz"
+    with pytest.raises(ValueError, match=rf"{trained} was trained on other data than {other}.*--force-data-mismatch"):
+        evaluate(trained, other, out, splits=("test",), device="cpu")
+    assert not out.exists()
+    evaluate(trained, other, out, splits=("test",), device="cpu", force_data_mismatch=True)
+    assert out.is_file()
+
+
+def test_evaluate_accepts_same_splits_and_other_train_split(
+    tiny, trained: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    from sdn.evaluate import evaluate
+
+    poisoned = Path(shutil.copytree(tiny_data, tmp_path / "poisoned"))  # like the backdoor data: train differs
+    shutil.copyfile(tiny.prepared(tmp_path / "x", seed=5) / "train.pt", poisoned / "train.pt")
+    evaluate(trained, poisoned, tmp_path / "eval" / "outputs.npz", splits=("holdout", "test"), device="cpu")
+
+
+def test_ic_only_refuses_a_parent_trained_on_other_splits(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    parent = tiny.train(tiny_data, tmp_path / "cnn", recipe=tiny.recipe("cnn", epochs=1, milestones=()))
+    other = tiny.prepared(tmp_path / "other", n_holdout=16, seed=1)
+    recipe = tiny.recipe("ic_only", epochs=1, milestones=())
+    with pytest.raises(ValueError, match=rf"parent checkpoint {parent} was trained on other data than {other}"):
+        tiny.train(other, tmp_path / "ic", recipe=recipe, parent=parent)
+    assert not (tmp_path / "ic" / "model.pt").exists()
+    tiny.train(other, tmp_path / "ic", recipe=recipe, parent=parent, force_data_mismatch=True)
+    tiny.train(tiny_data, tmp_path / "ic_same", recipe=recipe, parent=parent)  # the parent's own data: fine

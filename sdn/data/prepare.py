@@ -95,6 +95,25 @@ class PreparedData:
         return {"dataset": self.info.name, "sha256": hashes}
 
 
+def data_mismatch(recorded: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """How ``current`` (:meth:`PreparedData.identity`) differs from the data identity a checkpoint recorded.
+
+    Compared: the dataset name and every split both hold except ``train`` (the backdoor experiment trains on
+    poisoned train data and shares the clean held-out and test splits). None when they agree or nothing was
+    recorded (a checkpoint older than the record).
+    """
+    if not recorded:
+        return None
+    problems = []
+    if recorded.get("dataset") != current.get("dataset"):
+        problems.append(f"dataset {recorded.get('dataset')!r} vs {current.get('dataset')!r}")
+    before, now = recorded.get("sha256", {}), current.get("sha256", {})
+    for split in sorted((before.keys() & now.keys()) - {"train"}):
+        if before[split] != now[split]:
+            problems.append(f"{split}.pt sha256 {before[split][:12]}... vs {now[split][:12]}...")
+    return "; ".join(problems) or None
+
+
 def split_hashes(folder: Path) -> dict[str, str]:
     """The sha256 of every ``{split}.pt`` in ``folder`` (recorded in meta.json, checked when a split is read)."""
     return {p.stem: sha256_file(p) for p in sorted(folder.glob("*.pt"))}
