@@ -207,3 +207,21 @@ def test_ic_only_refuses_a_parent_trained_on_other_splits(tiny, tiny_data: Path,
     assert not (tmp_path / "ic" / "model.pt").exists()
     tiny.train(other, tmp_path / "ic", recipe=recipe, parent=parent, force_data_mismatch=True)
     tiny.train(tiny_data, tmp_path / "ic_same", recipe=recipe, parent=parent)  # the parent's own data: fine
+
+
+def test_evaluate_cli_refuses_a_truncated_split(
+    tiny, trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdn.cli import main
+    from sdn.data.prepare import split_hashes
+
+    io.write_json(
+        tiny_data / "meta.json", {**io.read_json(tiny_data / "meta.json"), "sha256": split_hashes(tiny_data)}
+    )
+    truncate(tiny_data / "test.pt")
+    out = tmp_path / "eval" / "outputs.npz"
+    args = ["evaluate", "--checkpoint", str(trained), "--data", str(tiny_data), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--splits", "test"]) == 2
+    err = capsys.readouterr().err
+    assert str(tiny_data / "test.pt") in err and "sdn prepare-data" in err
+    assert not out.exists()
