@@ -18,15 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 ODD = "victim dir 'q' é"  # a space, a single quote and a non-ASCII letter
 
 
-def odd_config(tmp_path: Path) -> Path:
-    """The embedded default cut to one arch and one epoch, with results, logs and data under the odd folder."""
+def odd_config(tmp_path: Path, tracking: bool = False) -> Path:
+    """The embedded default cut to one arch and one epoch, with results, logs and data under the odd folder
+    (with ``tracking``: the default MLflow store, SQLite in the results folder)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     base = tmp_path / ODD
     config["results"] = str(base / "results")
     config["logs"] = str(base / "logs")
     config["data_root"] = str(base / "data")
     config["archs"] = ["mobilenet"]
-    config["tracking_uri"] = "off"
+    config["tracking_uri"] = None if tracking else "off"
     config["recipes"] = {
         "cnn": {"epochs": 1, "lr": 0.05, "batch_size": 32, "milestones": None},
         "ic_only": {"epochs": 1, "lr": None, "batch_size": 32},
@@ -73,7 +74,7 @@ def test_every_rule_quotes_its_paths(snakemake, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_results_folder_with_space_quote_and_non_ascii(snakemake, tmp_path: Path) -> None:
-    config = odd_config(tmp_path)
+    config = odd_config(tmp_path, tracking=True)
     results = tmp_path / ODD / "results"
     run = results / "digits" / "mobilenet" / "s0" / "sdn"
     target = run / "analysis" / "early_exit" / "summary.json"
