@@ -75,6 +75,9 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[st
         raise io.CorruptFileError(f"{path} cannot be read as a checkpoint ({error}); {remedy}") from error
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise ValueError(f"{path} is not an sdn checkpoint (expected a dict with 'state_dict' and 'meta')")
+    broken = [k for k, v in payload["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise io.CorruptFileError(f"{path} holds non-finite weights ({', '.join(broken[:5])}); {remedy}")
     return payload["state_dict"], payload["meta"]
 
 

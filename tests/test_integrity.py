@@ -225,3 +225,14 @@ def test_evaluate_cli_refuses_a_truncated_split(
     err = capsys.readouterr().err
     assert str(tiny_data / "test.pt") in err and "sdn prepare-data" in err
     assert not out.exists()
+
+
+def test_checkpoint_with_non_finite_weights_is_refused_without_a_record(trained: Path) -> None:
+    payload = io.load_torch(trained)
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][name].view(-1)[0] = float("nan")
+    io.save_torch(payload, trained)
+    (trained.parent / "meta.json").unlink()  # a checkpoint copied alone: no sha256 to compare with
+    with pytest.raises(io.CorruptFileError, match=rf"{trained} holds non-finite weights \({name}"):
+        checkpoint.read(trained)
+    assert torch.isnan(payload["state_dict"][name]).any()
