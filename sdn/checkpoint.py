@@ -68,10 +68,27 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    payload = io.load_torch(path)
+    remedy = f"retrain it (delete {path} and {path.parent / META}, then rerun `sdn train` or the workflow)"
+    io.verify_sha256(path, _recorded_model_sha256(path), remedy)
+    try:
+        payload = io.load_torch(path)
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
+        raise io.CorruptFileError(f"{path} cannot be read as a checkpoint ({error}); {remedy}") from error
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise ValueError(f"{path} is not an sdn checkpoint (expected a dict with 'state_dict' and 'meta')")
+    broken = [k for k, v in payload["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise io.CorruptFileError(f"{path} holds non-finite weights ({', '.join(broken[:5])}); {remedy}")
     return payload["state_dict"], payload["meta"]
+
+
+def _recorded_model_sha256(path: Path) -> str | None:
+    """``model_sha256`` of the meta.json beside a model.pt (None: not recorded, e.g. a checkpoint copied alone)."""
+    meta_file = path.parent / META
+    if not meta_file.is_file():
+        return None
+    recorded = read_meta(path.parent).get("model_sha256")
+    return recorded if path.name == MODEL else None
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[MultiExitNet, dict]:
@@ -94,27 +111,52 @@ def save(out_dir: str | os.PathLike[str], model: MultiExitNet, meta: dict[str, A
     """Write ``model.pt``, ``meta.json`` and ``history.csv`` into ``out_dir``, remove ``last.pt``; return model.pt."""
     out = Path(out_dir)
     state_dict = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    (out / META).unlink(missing_ok=True)  # an old meta.json must not vouch for the new model.pt
     io.save_torch({"state_dict": state_dict, "meta": meta}, out / MODEL)
-    io.write_json(out / META, meta)
+    io.write_json(out / META, {**meta, "model_sha256": io.sha256_file(out / MODEL)})
     io.write_text(out / HISTORY, history_csv(history))
     (out / LAST).unlink(missing_ok=True)
+    io.sha256_sidecar(out / LAST).unlink(missing_ok=True)
     return out / MODEL
 
 
 def read_meta(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``meta.json`` of a trained network's folder."""
-    return io.read_json(Path(out_dir) / META)
+    """The ``meta.json`` of a trained network's folder (model.pt's meta plus ``model_sha256``)."""
+    path = Path(out_dir) / META
+    try:
+        meta = io.read_json(path)
+    except ValueError as error:
+        raise io.CorruptFileError(
+            f"{path} is not valid JSON ({error}); rerun `sdn train` for {path.parent} (delete {path} first)"
+        ) from error
+    if not isinstance(meta, dict):
+        raise io.CorruptFileError(f"{path} holds {type(meta).__name__}, not a checkpoint's meta; rerun `sdn train`")
+    return meta
 
 
 def save_resume_state(out_dir: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write ``last.pt`` (model, optimizer, scheduler, RNG state, history after a finished epoch)."""
-    io.save_torch(state, Path(out_dir) / LAST)
+    """Write ``last.pt`` (model, optimizer, scheduler, RNG state, history after a finished epoch) and its sha256
+    sidecar ``last.pt.sha256`` (removed first: a run killed in between leaves last.pt unverified, never refused)."""
+    path = Path(out_dir) / LAST
+    io.sha256_sidecar(path).unlink(missing_ok=True)
+    io.save_torch(state, path)
+    io.write_sha256_sidecar(path)
 
 
 def load_resume_state(out_dir: str | os.PathLike[str], device: str | torch.device) -> dict[str, Any] | None:
     """The ``last.pt`` of ``out_dir`` mapped to ``device``, or None when there is none."""
     path = Path(out_dir) / LAST
-    return io.load_torch(path, map_location=device) if path.is_file() else None
+    if not path.is_file():
+        return None
+    remedy = f"delete {path} to restart the run from epoch 1"
+    io.verify_sha256(path, io.recorded_sha256(path), remedy)
+    try:
+        state = io.load_torch(path, map_location=device)
+    except Exception as error:  # noqa: BLE001 - any unreadable resume state is reported the same way
+        raise io.CorruptFileError(f"{path} cannot be read as resume state ({error}); {remedy}") from error
+    if not isinstance(state, dict) or "identity" not in state or "epoch" not in state:
+        raise io.CorruptFileError(f"{path} is not an sdn resume state (no 'identity'/'epoch'); {remedy}")
+    return state
 
 
 def get_rng_state() -> dict[str, Any]:

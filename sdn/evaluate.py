@@ -29,12 +29,15 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 512,
     allow_cpu_fallback: bool = False,
+    force_data_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``splits`` of ``data_dir``; write ``out_path`` (.npz) and metrics.json beside it.
 
-    Returns the metrics dict written to ``metrics.json``.
+    Returns the metrics dict written to ``metrics.json``. A checkpoint trained with other held-out/test splits
+    than ``data_dir``'s is refused (ValueError naming both) unless ``force_data_mismatch``.
     """
     from sdn.data import DeviceLoader, load_prepared
+    from sdn.data.prepare import data_mismatch
     from sdn.device import resolve_device
 
     if not splits:
@@ -50,6 +53,14 @@ def evaluate(
             f"{data_dir} has {data.info.num_classes} classes at {data.info.input_size}px but the checkpoint "
             f"expects {meta['num_classes']} classes at {meta['input_size']}px"
         )
+    mismatch = data_mismatch(meta.get("data"), data.identity())
+    if mismatch and not force_data_mismatch:
+        raise ValueError(
+            f"checkpoint {checkpoint} was trained on other data than {data_dir} ({mismatch}; checkpoint first, "
+            "data second): evaluate it on the data it was trained with, retrain it, or pass --force-data-mismatch"
+        )
+    if mismatch:
+        log.warning("evaluating %s on other data than it was trained on: %s (forced)", checkpoint, mismatch)
     cost = meta.get("cost") or cost_record(model, meta["input_size"])
     arrays: dict[str, np.ndarray] = outputs.exit_cost_arrays(cost, model.num_exits)
     arrays["exit_positions"] = np.array(model.exit_positions, dtype=np.int64)

@@ -5,6 +5,7 @@ A killed job therefore never leaves a file that looks finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -67,6 +68,63 @@ def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
+
+
+class CorruptFileError(ValueError):
+    """A file that cannot be read, or whose content differs from the sha256 recorded when it was written."""
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's sha256 (hex), computed once per process per (path, size, modification time)."""
+    file = Path(path)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
+
+
+def verify_sha256(path: str | os.PathLike[str], expected: str | None, remedy: str) -> None:
+    """Raise CorruptFileError naming ``path`` when its sha256 differs from ``expected`` (None: not recorded)."""
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CorruptFileError(
+            f"{path} is corrupt: its sha256 is {actual[:16]}..., but {expected[:16]}... was recorded when it was "
+            f"written; {remedy}"
+        )
+
+
+def sha256_sidecar(path: str | os.PathLike[str]) -> Path:
+    """``<file>.sha256`` beside ``path``: one line ``<hex>  <name>`` (the format `sha256sum -c` reads)."""
+    file = Path(path)
+    return file.with_name(f"{file.name}.sha256")
+
+
+def write_sha256_sidecar(path: str | os.PathLike[str]) -> str:
+    """Record the sha256 of ``path`` in its sidecar; return it."""
+    digest = sha256_file(path)
+    write_text(sha256_sidecar(path), f"{digest}  {Path(path).name}\n")
+    return digest
+
+
+def recorded_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The sha256 recorded in the sidecar of ``path``, or None when there is none (the file is then not verified)."""
+    sidecar = sha256_sidecar(path)
+    if not sidecar.is_file():
+        return None
+    words = sidecar.read_text().split()
+    if not words or len(words[0]) != 64:
+        raise CorruptFileError(f"{sidecar} is not a sha256 record (`<hex>  <name>`); delete it and {Path(path)}")
+    return words[0]
 
 
 def _json_default(obj: Any) -> Any:

@@ -41,7 +41,9 @@ COST_KEYS = ("exit_fraction", "exit_macs", "exit_ops")
 def save(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], metrics: Mapping[str, Any]) -> None:
     """Write ``outputs.npz`` at ``path`` and ``metrics.json`` beside it (each atomically)."""
     out = Path(path)
+    io.sha256_sidecar(out).unlink(missing_ok=True)  # an old record must not vouch for the new file
     io.save_npz(out, **arrays)
+    io.write_sha256_sidecar(out)
     io.write_json(out.parent / METRICS, metrics)
 
 
@@ -50,8 +52,13 @@ def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"outputs file not found: {path} (written by `sdn evaluate`)")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
+    remedy = f"rerun `sdn evaluate` for it (delete {path} first)"
+    io.verify_sha256(path, io.recorded_sha256(path), remedy)  # no sidecar (published runs): not verified
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise io.CorruptFileError(f"{path} cannot be read as outputs.npz ({error}); {remedy}") from error
     try:
         return expand_outputs(arrays)
     except ValueError as error:

@@ -98,14 +98,34 @@ def build_model(
     return model
 
 
-def load_parent(model: MultiExitNet, parent: str | os.PathLike[str], arch: str) -> dict[str, Any]:
-    """Load a trained CNN checkpoint's backbone into ``model`` (IC-only training); return the parent's meta."""
+def load_parent(
+    model: MultiExitNet,
+    parent: str | os.PathLike[str],
+    arch: str,
+    data: Any = None,
+    force_data_mismatch: bool = False,
+) -> dict[str, Any]:
+    """Load a trained CNN checkpoint's backbone into ``model`` (IC-only training); return the parent's meta.
+
+    With ``data`` (the PreparedData being trained on), a parent trained with other held-out/test splits is refused
+    unless ``force_data_mismatch``.
+    """
+    from sdn.data.prepare import data_mismatch
+
     path = Path(parent)
     if not path.is_file():
         raise FileNotFoundError(f"parent checkpoint {path} does not exist (ic_only needs a trained cnn model.pt)")
     state_dict, meta = checkpoint.read(path)
     if meta.get("arch") not in (None, arch):
         raise ValueError(f"parent checkpoint {path} is a {meta.get('arch')!r}, not a {arch!r}")
+    mismatch = data_mismatch(meta.get("data"), data.identity()) if data is not None else None
+    if mismatch and not force_data_mismatch:
+        raise ValueError(
+            f"parent checkpoint {path} was trained on other data than {data.path} ({mismatch}; parent first, data "
+            "second): train on the parent's data, retrain the parent, or pass --force-data-mismatch"
+        )
+    if mismatch:
+        log.warning("parent %s was trained on other data than %s: %s (forced)", path, data.path, mismatch)
     model.load_backbone_state(state_dict)
     return meta
 
@@ -333,6 +353,7 @@ def train(
     cuda_graph: bool | None = None,
     ic_input: str = DEFAULT_IC_INPUT,
     alpha_mode: str = "bounded",
+    force_data_mismatch: bool = False,
 ) -> Path:
     """Train ``arch`` with ``recipe`` on the prepared data in ``data_dir``; return ``out_dir/model.pt``.
 
@@ -375,7 +396,7 @@ def train(
         alpha_mode=alpha_mode,
     )
     if parent is not None:
-        load_parent(model, parent, arch)
+        load_parent(model, parent, arch, data, force_data_mismatch)
         freeze_backbone(model)
     model.to(target)
     if options.channels_last:
@@ -392,12 +413,15 @@ def train(
         "parent": str(parent) if parent is not None else None,
         "ic_input": ic_input,
         "alpha_mode": alpha_mode,
+        "data": data.identity(),
     }
     history: list[dict[str, float]] = []
     start_epoch = 1
     state = checkpoint.load_resume_state(out, target)
+    last_path = out / checkpoint.LAST
+    if state is not None and not _same_data(state["identity"], identity, last_path):
+        state = None  # trained on other data: start fresh (last.pt is replaced after the first epoch)
     if state is not None:
-        last_path = out / checkpoint.LAST
         _check_resume(state["identity"], identity, last_path)
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
@@ -491,6 +515,25 @@ def _graph_step(model: MultiExitNet, optimizer: torch.optim.Optimizer, recipe: R
         amp=options.amp,
         channels_last=options.channels_last,
     )
+
+
+def _same_data(saved: dict[str, Any], current: dict[str, Any], path: Path) -> bool:
+    """Whether ``path`` (last.pt) was trained on the same prepared splits; if not, say so (the run starts fresh)."""
+    before, now = saved.get("data"), current["data"]
+    if before == now:
+        return True
+    changed = sorted(
+        s
+        for s in {*(before or {}).get("sha256", {}), *now["sha256"]}
+        if (before or {}).get("sha256", {}).get(s) != now["sha256"].get(s)
+    )
+    log.warning(
+        "not resuming from %s: it was trained on other data (%s; changed split files: %s); starting fresh",
+        path,
+        "no data identity recorded" if before is None else f"dataset {before.get('dataset')!r}",
+        ", ".join(changed) or "none",
+    )
+    return False
 
 
 def _check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

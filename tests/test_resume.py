@@ -76,6 +76,38 @@ def test_resume_with_other_settings_is_refused(tiny, tiny_data: Path, tmp_path: 
     assert (out / "last.pt").read_bytes() == before
 
 
+def test_changed_split_starts_fresh_instead_of_resuming(
+    tiny, tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    recipe = tiny.recipe("sdn", epochs=2, milestones=())
+    with pytest.raises(Interrupt):
+        tiny.train(tiny_data, out, recipe=recipe, on_epoch=_stop_after(1))
+    assert io.load_torch(out / "last.pt")["identity"]["data"]["sha256"].keys() == {"train", "holdout", "test"}
+    tiny.prepared(tiny_data, n_holdout=16)  # the held-out size changed: other split files in the same folder
+    seen: list[int] = []
+    with caplog.at_level("WARNING", logger="sdn.train"):
+        model = tiny.train(tiny_data, out, recipe=recipe, on_epoch=lambda e, m: seen.append(e))
+    assert seen == [1, 2]  # trained from scratch, not resumed after epoch 1
+    message = caplog.text
+    assert "not resuming" in message and str(out / "last.pt") in message and "holdout" in message
+    meta = io.read_json(model.parent / "meta.json")
+    assert meta["data"]["sha256"]["holdout"] == io.sha256_file(tiny_data / "holdout.pt")
+
+
+def test_same_split_elsewhere_still_resumes(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    recipe = tiny.recipe("sdn", epochs=2, milestones=())
+    with pytest.raises(Interrupt):
+        tiny.train(tiny_data, out, recipe=recipe, on_epoch=_stop_after(1))
+    copy = shutil.copytree(tiny_data, tmp_path / "copy")  # same content at another path: the same data
+    seen: list[int] = []
+    tiny.train(copy, out, recipe=recipe, on_epoch=lambda e, m: seen.append(e))
+    assert seen == [2]
+
+
 def _cli_train(arch: str, data: Path, out: Path, *, slow: str | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "SDN_TEST_SLOW"}
     if slow:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sdn import io
+from sdn import checkpoint, io
 from sdn.checkpoint import load_checkpoint
 from sdn.config import Recipe, coefficients_for, ic_loss_weights, paper_recipe
 from sdn.device import resolve_device
@@ -124,7 +124,7 @@ def test_cnn_training_writes_checkpoint_meta_history(tiny, tiny_data: Path, tmp_
     assert path.name == "model.pt" and not (out / "last.pt").exists()
     payload = io.load_torch(path)
     meta = payload["meta"]
-    assert meta == io.read_json(out / "meta.json")
+    assert {**meta, "model_sha256": io.sha256_file(path)} == io.read_json(out / "meta.json")
     assert meta["arch"] == tiny.ARCH and meta["variant"] == "cnn" and meta["exit_positions"] == []
     assert meta["seed"] == 3 and meta["dataset"] == "tiny" and meta["recipe"]["epochs"] == 3
     assert len(meta["holdout_accuracy"]) == 1 and 0.0 <= meta["holdout_accuracy"][0] <= 100.0
@@ -212,7 +212,7 @@ def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny, tiny_data
     assert state["epoch"] == 1
     for group in state["optimizer"]["param_groups"]:  # poison the resumed run: a huge lr diverges at once
         group["lr"] = 1e30
-    io.save_torch(state, last)
+    checkpoint.save_resume_state(out, state)  # through the owner, which records its sha256
     before = last.read_bytes()
     with pytest.raises(RuntimeError, match=r"non-finite loss at epoch 2 step \d+"):
         tiny.train(tiny_data, out, recipe=recipe)

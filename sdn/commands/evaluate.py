@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N")
     parser.add_argument("--allow-cpu-fallback", action="store_true", help="use the CPU with a warning if no GPU")
     parser.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
+    parser.add_argument(
+        "--force-data-mismatch",
+        action="store_true",
+        help="evaluate even if the checkpoint was trained with other held-out/test splits than --data's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             allow_cpu_fallback=args.allow_cpu_fallback,
+            force_data_mismatch=args.force_data_mismatch,
         )
         for split, values in metrics["splits"].items():
             for kind in ("top1", "top5"):

@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="prepared data folder (sdn prepare-data)")
     parser.add_argument("--out", required=True, type=Path, help="output folder: model.pt, meta.json, history.csv")
     parser.add_argument("--parent", type=Path, help="trained cnn model.pt (required by --recipe ic_only)")
+    parser.add_argument(
+        "--force-data-mismatch",
+        action="store_true",
+        help="use --parent even if it was trained with other held-out/test splits than --data's",
+    )
     parser.add_argument("--epochs", type=int, help="override the epochs (milestones scale proportionally)")
     parser.add_argument("--lr", type=float, help="override the initial learning rate")
     parser.add_argument("--batch-size", type=int, help="override the batch size")
@@ -136,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             cuda_graph=args.cuda_graph,
             ic_input=args.ic_input,
             alpha_mode=args.alpha_mode,
+            force_data_mismatch=args.force_data_mismatch,
             on_epoch=lambda epoch, metrics: tracked.log_metrics(epoch_metrics(metrics), step=epoch),
         )
         meta = read_meta(model_path.parent)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sdn.data.prepare import TensorSplit, load_prepared
+from sdn.data.prepare import TensorSplit, load_prepared, split_hashes
 from sdn.io import atomic_path, load_torch, save_torch, write_json
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ def write_poisoned(
         "test_triggered": "every test sample not of the target class, trigger on, TRUE labels",
         "test_triggered_all": "every test sample, trigger on, TRUE labels",
     }
+    meta["sha256"] = split_hashes(out)
     write_json(out / "poisoned_indices.json", chosen.tolist())
     write_json(out / "meta.json", meta)
     log.info(

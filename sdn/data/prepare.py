@@ -27,7 +27,7 @@ from sdn.data.datasets import (
     stats_for,
 )
 from sdn.data.splits import holdout_size, holdout_split, subsample
-from sdn.io import load_torch, read_json, save_torch, write_json
+from sdn.io import CorruptFileError, load_torch, read_json, save_torch, sha256_file, verify_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,44 @@ class PreparedData:
             if not file.is_file():
                 present = self.splits
                 raise FileNotFoundError(f"no split {name!r} in {self.path} (present: {', '.join(present) or 'none'})")
-            blob = load_torch(file)
-            self._cache[name] = TensorSplit(blob["images"], blob["labels"])
+            remedy = f"rerun `sdn prepare-data` (or `sdn backdoor poison`) for {self.path}, or delete that folder"
+            verify_sha256(file, self.meta.get("sha256", {}).get(name), remedy)
+            try:
+                blob = load_torch(file)
+                self._cache[name] = TensorSplit(blob["images"], blob["labels"])
+            except Exception as error:  # noqa: BLE001 - any unreadable split is reported the same way
+                raise CorruptFileError(f"{file} cannot be read as a prepared split ({error}); {remedy}") from error
         return self._cache[name]
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records about the data it was trained on: the name and every split's sha256."""
+        recorded = self.meta.get("sha256", {})
+        hashes = {s: recorded.get(s) or sha256_file(self.path / f"{s}.pt") for s in self.splits}
+        return {"dataset": self.info.name, "sha256": hashes}
+
+
+def data_mismatch(recorded: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """How ``current`` (:meth:`PreparedData.identity`) differs from the data identity a checkpoint recorded.
+
+    Compared: the dataset name and every split both hold except ``train`` (the backdoor experiment trains on
+    poisoned train data and shares the clean held-out and test splits). None when they agree or nothing was
+    recorded (a checkpoint older than the record).
+    """
+    if not recorded:
+        return None
+    problems = []
+    if recorded.get("dataset") != current.get("dataset"):
+        problems.append(f"dataset {recorded.get('dataset')!r} vs {current.get('dataset')!r}")
+    before, now = recorded.get("sha256", {}), current.get("sha256", {})
+    for split in sorted((before.keys() & now.keys()) - {"train"}):
+        if before[split] != now[split]:
+            problems.append(f"{split}.pt sha256 {before[split][:12]}... vs {now[split][:12]}...")
+    return "; ".join(problems) or None
+
+
+def split_hashes(folder: Path) -> dict[str, str]:
+    """The sha256 of every ``{split}.pt`` in ``folder`` (recorded in meta.json, checked when a split is read)."""
+    return {p.stem: sha256_file(p) for p in sorted(folder.glob("*.pt"))}
 
 
 def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
@@ -89,8 +124,15 @@ def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         raise FileNotFoundError(f"no prepared data at {folder} ({meta_file.name} missing); run `sdn prepare-data`")
-    meta = read_json(meta_file)
-    return PreparedData(folder, meta, DatasetInfo.from_meta(meta))
+    try:
+        meta = read_json(meta_file)
+        info = DatasetInfo.from_meta(meta)
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorruptFileError(
+            f"{meta_file} is not a valid prepared-data meta.json ({error!r}); rerun `sdn prepare-data` for {folder}, "
+            "or delete that folder"
+        ) from error
+    return PreparedData(folder, meta, info)
 
 
 def prepare(
@@ -170,6 +212,7 @@ def prepare(
         "source": {**raw.source, "original_sizes": {"train": len(raw.train.labels), "test": len(raw.test.labels)}},
         "request": request,
         "format_version": FORMAT_VERSION,
+        "sha256": split_hashes(out),
     }
     write_json(meta_file, meta)
     return out
@@ -213,6 +256,16 @@ def _is_current(out: Path, request: dict[str, Any]) -> bool:
     if not meta_file.is_file() or not all((out / f"{s}.pt").is_file() for s in SPLITS):
         return False
     try:
-        return read_json(meta_file).get("request") == request
+        meta = read_json(meta_file)
     except ValueError:
         return False
+    if meta.get("request") != request:
+        return False
+    recorded = meta.get("sha256", {})
+    for split in SPLITS:
+        if recorded.get(split) != sha256_file(out / f"{split}.pt"):
+            log.warning(
+                "%s does not match the sha256 in %s: rebuilding the prepared data", out / f"{split}.pt", meta_file
+            )
+            return False
+    return True

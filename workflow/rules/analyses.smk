@@ -25,8 +25,8 @@ rule early_exit:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn early-exit --outputs {input.outputs} --cnn-outputs {input.cnn} --out {params.out}"
-        " {params.options} > {log} 2>&1"
+        "{params.env} sdn early-exit --outputs {input.outputs:q} --cnn-outputs {input.cnn:q} --out {params.out:q}"
+        " {params.options} > {log:q} 2>&1"
 
 
 rule overthinking:
@@ -52,8 +52,8 @@ rule overthinking:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn overthinking --outputs {input.outputs} --out {params.out} --split {params.split}"
-        " > {log} 2>&1"
+        "{params.env} sdn overthinking --outputs {input.outputs:q} --out {params.out:q} --split {params.split:q}"
+        " > {log:q} 2>&1"
 
 
 rule confusion:
@@ -79,8 +79,8 @@ rule confusion:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn confusion --outputs {input.outputs} --cnn-outputs {input.cnn} --out {params.out}"
-        " > {log} 2>&1"
+        "{params.env} sdn confusion --outputs {input.outputs:q} --cnn-outputs {input.cnn:q} --out {params.out:q}"
+        " > {log:q} 2>&1"
 
 
 rule calibration:
@@ -106,7 +106,7 @@ rule calibration:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn calibration --outputs {input.outputs} --out {params.out} {params.options} > {log} 2>&1"
+        "{params.env} sdn calibration --outputs {input.outputs:q} --out {params.out:q} {params.options} > {log:q} 2>&1"
 
 
 rule gradcam:
@@ -114,6 +114,7 @@ rule gradcam:
         model=f"{RUN}/model.pt",
         outputs=f"{RUN}/outputs.npz",
         data=f"{DATA['clean']}/meta.json",
+        test_split=f"{DATA['clean']}/test.pt",
     output:
         figure=report(
             f"{RUN}/analysis/gradcam/gradcam.png",
@@ -134,5 +135,5 @@ rule gradcam:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn gradcam --checkpoint {input.model} --data {params.data} --outputs {input.outputs}"
-        " --out {params.out} --max-samples {params.max_samples} --device cpu > {log} 2>&1"
+        "{params.env} sdn gradcam --checkpoint {input.model:q} --data {params.data:q} --outputs {input.outputs:q}"
+        " --out {params.out:q} --max-samples {params.max_samples:q} --device cpu > {log:q} 2>&1"

@@ -6,6 +6,7 @@
 rule poison_data:
     input:
         clean=f"{DATA['clean']}/meta.json",
+        splits=expand(f"{DATA['clean']}/{{split}}.pt", split=["train", "holdout", "test"], allow_missing=True),
     output:
         train=f"{DATA['backdoor']}/train.pt",
         holdout=f"{DATA['backdoor']}/holdout.pt",
@@ -26,7 +27,7 @@ rule poison_data:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn backdoor poison --data {params.clean} --out {params.out} {params.options} > {log} 2>&1"
+        "{params.env} sdn backdoor poison --data {params.clean:q} --out {params.out:q} {params.options} > {log:q} 2>&1"
 
 
 rule backdoor_analysis:
@@ -54,5 +55,5 @@ rule backdoor_analysis:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn backdoor analyze --cnn-outputs {input.cnn} --sdn-outputs {input.sdn} --out {params.out}"
-        " --target {params.target} {params.options} > {log} 2>&1"
+        "{params.env} sdn backdoor analyze --cnn-outputs {input.cnn:q} --sdn-outputs {input.sdn:q} --out {params.out:q}"
+        " --target {params.target:q} {params.options} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Shared settings, input functions and the final target list. Only definitions here, no rules.
 import json
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -169,7 +170,8 @@ def _option(flag: str, value) -> list[str]:
 
 
 def _join(parts: list[str]) -> str:
-    return " ".join(parts)
+    """Options as one shell word each (a data root or URL with a space stays one argument)."""
+    return shlex.join(parts)
 
 
 def device_options() -> str:
@@ -179,18 +181,22 @@ def device_options() -> str:
 
 
 def train_inputs(wildcards) -> dict[str, str]:
-    """The prepared data a variant trains on and, for an IC-only SDN, its parent CNN's model.pt."""
+    """The prepared data a variant trains on (meta.json and the split files it reads, so a changed split reruns
+    the training) and, for an IC-only SDN, its parent CNN's model.pt."""
     row = VARIANTS[wildcards.variant]
-    inputs = {"data": f"{DATA[row['data']]}/meta.json"}
+    data = DATA[row["data"]]
+    inputs = {"data": f"{data}/meta.json", "train_split": f"{data}/train.pt", "holdout_split": f"{data}/holdout.pt"}
     if row["parent"]:
         inputs["parent"] = f"{run_dir(row['parent'])}/model.pt"
     return {key: path.format(**wildcards) for key, path in inputs.items()}
 
 
 def evaluate_inputs(wildcards) -> dict[str, str]:
-    """The model.pt of a variant and the prepared data it is evaluated on."""
-    data = DATA[VARIANTS[wildcards.variant]["evaluate_on"]]
-    return {"model": f"{RUN}/model.pt".format(**wildcards), "data": f"{data}/meta.json".format(**wildcards)}
+    """The model.pt of a variant and the prepared data it is evaluated on (meta.json and every evaluated split)."""
+    on = VARIANTS[wildcards.variant]["evaluate_on"]
+    inputs = {"model": f"{RUN}/model.pt", "data": f"{DATA[on]}/meta.json"}
+    inputs.update({f"{split}_split": f"{DATA[on]}/{split}.pt" for split in EVALUATED_SPLITS[on].split(",")})
+    return {key: path.format(**wildcards) for key, path in inputs.items()}
 
 
 def prepare_options(wildcards) -> str:

@@ -19,4 +19,4 @@ rule prepare_data:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn prepare-data {params.options} --out {params.out} > {log} 2>&1"
+        "{params.env} sdn prepare-data {params.options} --out {params.out:q} > {log:q} 2>&1"

@@ -21,5 +21,5 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn evaluate --checkpoint {input.model} --data {params.data} --out {output.outputs}"
-        " --splits {params.splits} {params.device} > {log} 2>&1"
+        "{params.env} sdn evaluate --checkpoint {input.model:q} --data {params.data:q} --out {output.outputs:q}"
+        " --splits {params.splits:q} {params.device} > {log:q} 2>&1"

@@ -12,7 +12,7 @@ rule resolved_config:
     conda:
         CONDA_ENV
     shell:
-        "printf '%s\\n' {params.resolved:q} > {output.config} 2> {log}"
+        "printf '%s\\n' {params.resolved:q} > {output.config:q} 2> {log:q}"
 
 
 rule report:
@@ -49,5 +49,5 @@ rule report:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn report --results {params.results} --out {params.out} --config-json {input.config}"
-        " > {log} 2>&1"
+        "{params.env} sdn report --results {params.results:q} --out {params.out:q} --config-json {input.config:q}"
+        " > {log:q} 2>&1"

@@ -16,7 +16,7 @@ rule train:
             VARIANTS[wildcards.variant]["recipe"], wildcards.seed, wildcards.arch
         ),
         data=lambda wildcards, input: os.path.dirname(input.data),
-        parent=lambda wildcards, input: f" --parent {input.parent}" if "parent" in input.keys() else "",
+        parent=lambda wildcards, input: f" --parent {shlex.quote(input.parent)}" if "parent" in input.keys() else "",
         out=lambda wildcards, output: os.path.dirname(output.model),
         env=job_env("train"),
     threads: THREADS
@@ -25,5 +25,5 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "{params.env} sdn train --arch {wildcards.arch} --data {params.data} --out {params.out}{params.parent}"
-        " {params.options} > {log} 2>&1"
+        "{params.env} sdn train --arch {wildcards.arch:q} --data {params.data:q} --out {params.out:q}{params.parent}"
+        " {params.options} > {log:q} 2>&1"
