@@ -56,8 +56,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
+    """torch.save through a file handle: the archive's inner folder is then always ``archive`` (saved to a path it
+    is the temporary file's random name), so the same tensors give the same bytes and the same sha256."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
 
 
 def load_torch(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:

@@ -236,3 +236,16 @@ def test_checkpoint_with_non_finite_weights_is_refused_without_a_record(trained:
     with pytest.raises(io.CorruptFileError, match=rf"{trained} holds non-finite weights \({name}"):
         checkpoint.read(trained)
     assert torch.isnan(payload["state_dict"][name]).any()
+
+
+def test_the_same_tensors_saved_twice_give_the_same_bytes(tmp_path: Path) -> None:
+    """A split prepared again from the same images keeps its sha256, so a resumed run on another machine (or a
+    fresh work folder) still recognises its data (torch.save to a path would embed the temporary file's name)."""
+    import torch
+
+    from sdn.io import save_torch
+
+    blob = {"images": torch.arange(300, dtype=torch.uint8).reshape(3, 100), "labels": torch.tensor([0, 1, 2])}
+    save_torch(blob, tmp_path / "a.pt")
+    save_torch(blob, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
