@@ -82,7 +82,9 @@ def test_paper_config_requests_one_gpu_per_training_job(snakemake, tmp_path: Pat
     assert len(train_blocks) == 12
     assert all("gpu=1" in block for block in train_blocks)
     assert all("--device cuda" in block and "--epochs" not in block for block in train_blocks)
-    assert all('SDN_MLFLOW_TAGS="{\\"git_commit\\": \\"${SDN_GIT_COMMIT}\\"' in block for block in train_blocks)
+    assert all(
+        'SDN_MLFLOW_TAGS="rule=train,' in block and "git_commit=${SDN_GIT_COMMIT}" in block for block in train_blocks
+    )
 
 
 def test_default_config_uses_short_schedules(snakemake, tmp_path: Path) -> None:
