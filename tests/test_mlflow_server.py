@@ -108,12 +108,7 @@ def test_server_on_loopback_finds_every_run(tmp_path: Path, monkeypatch: pytest.
             seen[tags["sdn.journal_id"]] = tags["variant"]
         assert seen == journal_ids
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        _stop(server)
 
 
 def test_results_copied_elsewhere_still_serve_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,9 +147,14 @@ def test_results_copied_elsewhere_still_serve_artifacts(tmp_path: Path, monkeypa
         fetched = client.download_artifacts(remote.info.run_id, "history.csv", str(tmp_path))
         assert Path(fetched).read_text() == "epoch,loss\n1,0.5\n"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Stop the server's process group: SIGTERM, then SIGKILL after 30 s."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
