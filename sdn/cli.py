@@ -80,7 +80,9 @@ def did_you_mean(word: str, candidates: Sequence[str]) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None) -> Parser:
+    """The ``sdn`` parser. With ``only`` (a command name), only that command's options are built: the others are
+    listed by name and help, so a job does not import what other commands' options need (torch, for instance)."""
     from sdn import __version__
 
     parser = Parser(
@@ -94,7 +96,8 @@ def build_parser() -> Parser:
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(f"sdn.commands.{module_name}")  # a missing module is an error
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        module.add_arguments(command)
+        if only is None or only == module.NAME:
+            module.add_arguments(command)
         command.set_defaults(_run=module.run, _module=module)
         parser.commands[module.NAME] = command
     return parser
@@ -118,8 +121,13 @@ def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (its first word that is not an option), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(only=requested_command(sys.argv[1:] if argv is None else argv))
     args = parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -14,9 +14,10 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a device is resolved: `sdn` commands that need none start faster
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 GPU_LOCK_DIR_ENV = "SDN_GPU_LOCK_DIR"
@@ -67,6 +68,8 @@ def claim_gpu(gpu_count: int, lock_dir: str | os.PathLike[str]) -> tuple[int, in
 
 
 def _claimed_cuda_device() -> torch.device:
+    import torch
+
     global _claimed_gpu
     count = torch.cuda.device_count()
     lock_dir = os.environ.get(GPU_LOCK_DIR_ENV)
@@ -86,6 +89,8 @@ def resolve_device(request: str = "auto", allow_cpu_fallback: bool = False) -> t
     ``allow_cpu_fallback`` is set: then it warns and returns the CPU. Without an index, and with several GPUs and
     ``SDN_GPU_LOCK_DIR`` set, the least busy GPU is claimed (see the module's docstring).
     """
+    import torch
+
     name = request.strip().lower()
     if name == "auto":
         return _claimed_cuda_device() if torch.cuda.is_available() else torch.device("cpu")

@@ -12,10 +12,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextmanager
@@ -58,12 +60,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
     """torch.save through a file handle: the archive's inner folder is then always ``archive`` (saved to a path it
     is the temporary file's random name), so the same tensors give the same bytes and the same sha256."""
+    import torch  # here, not at the top: analyses that never touch a checkpoint start without torch
+
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
 
 
 def load_torch(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

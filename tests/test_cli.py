@@ -103,3 +103,28 @@ def test_summary_metrics_name_exits_like_training() -> None:
         "per_exit.attack_success/ic1": 9.0,
         "per_exit.attack_success/final": 8.0,
     }
+
+
+def test_an_analysis_job_starts_without_torch() -> None:
+    """Each workflow job builds only its own command's options: an analysis of cached logits never imports torch
+    (about 2 s per job on 2 cores, times the dozens of analysis jobs of `make paper-report`)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from sdn import cli; cli.build_parser(only='early-exit'); "
+        "import sdn.commands.early_exit, sdn.analysis.early_exit, sdn.outputs, sdn.tracking, sdn.report.plots; "
+        "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert found.strip() == "[]"
+    parser = build_parser(only="early-exit")  # the one command built has its options; the others are still named
+    assert "--tolerance" in parser.commands["early-exit"].format_help()
+    assert set(parser.commands) == set(build_parser().commands)
+
+
+def test_command_is_the_first_word_that_is_not_an_option() -> None:
+    from sdn.cli import requested_command
+
+    assert requested_command(["-v", "train", "--epochs", "3"]) == "train"
+    assert requested_command(["--version"]) is None

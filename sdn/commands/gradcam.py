@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from sdn.device import DEVICE_CHOICES
 
@@ -55,6 +54,8 @@ def make_gradcam(
     device: str = "cpu",
 ) -> pd.DataFrame:
     """Select destructive samples from the cached outputs, compute both CAMs, write the figure and samples.csv."""
+    import torch
+
     from sdn.analysis.gradcam import NoDestructiveSampleError, grad_cam, gradcam_figure, select_destructive
     from sdn.checkpoint import load_checkpoint
     from sdn.data import DeviceLoader, TensorSplit, load_prepared
