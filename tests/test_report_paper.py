@@ -48,7 +48,11 @@ def _results(root: Path) -> Path:
             )
     io.write_json(
         root / "cifar10" / "vgg16bn" / "s0" / "bd_ic_only" / "analysis" / "backdoor" / "summary.json",
-        {"cnn": {"triggered_accuracy": 10.0}, "early_exit": {"triggered": {"accuracy": 80.0}}},
+        {
+            "cnn": {"triggered_accuracy": 10.0},
+            "early_exit": {"triggered": {"accuracy": 80.0}},
+            "triggered_all": {"cnn_accuracy": 19.0, "early_exit": {"accuracy": 81.0}},
+        },
     )
     return root
 
@@ -74,8 +78,9 @@ def test_overthinking_backdoor_confusion_verdicts(tmp_path: Path) -> None:
     wasteful = over[("resnet56", "ic_only", "wasteful")]
     assert wasteful.value == pytest.approx(91.0) and wasteful.verdict == "matches the paper's upper end"
     assert over[("resnet56", "sdn", "destructive")].verdict == "matches the paper's upper end"
-    (backdoor,) = paper.backdoor_rows(found)
+    backdoor, every = paper.backdoor_rows(found)  # not of the target class; every triggered image (labelled)
     assert backdoor.verdict == "reproduced" and backdoor.ours.startswith("10.0% -> 80.0%")
+    assert every.ours.startswith("19.0% -> 81.0%") and "all triggered" in every.measure
     assert all(r.verdict.startswith("holds") for r in paper.confusion_rows(found))
     headline = paper.headline_rows(found)
     cost = {(r.dataset, r.variant): r for r in headline if r.measure == "cost reduction"}

@@ -284,6 +284,21 @@ def backdoor_rows(found: Collection) -> list[Row]:
         rows.append(
             Row(dataset, arch, "bd_ic_only", "triggered accuracy CNN -> early exit (%)", paper, ours, verdict)
         )
+        every_cnn = stat(dig(d, "triggered_all", "cnn_accuracy") for d in docs)
+        every_early = stat(dig(d, "triggered_all", "early_exit", "accuracy") for d in docs)
+        if every_cnn.values and every_early.values:  # the paper does not say which of the two sets it used
+            rows.append(
+                Row(
+                    dataset,
+                    arch,
+                    "bd_ic_only",
+                    "triggered accuracy CNN -> early exit, all triggered test images (%)",
+                    paper,
+                    f"{every_cnn.text()}% -> {every_early.text()}% (every test image with the trigger, target class "
+                    "included, true labels)",
+                    f"early exits restore {every_early.mean - every_cnn.mean:.0f} points (paper: 72)",
+                )
+            )
     return rows
 
 
