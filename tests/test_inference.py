@@ -125,3 +125,15 @@ def test_time_inference_reports_all_variants(setup):
     )
     with pytest.raises(ValueError, match="batch_size"):
         time_inference(model, x, 0, "confidence", 0.5)
+
+
+@pytest.mark.parametrize("fallback", ["final", "most-confident"])
+@pytest.mark.parametrize(("policy", "threshold"), CASES)
+def test_one_sample_at_a_time_answers_like_the_batch(setup, policy, threshold, fallback):
+    model, x, _, _ = setup
+    x = x[:20]
+    batch_pred, batch_exit = early_exit_forward(model, x, policy, threshold, fallback)
+    singles = [early_exit_forward(model, x[i : i + 1], policy, threshold, fallback) for i in range(x.shape[0])]
+    assert [int(p) for p, _ in singles] == batch_pred.tolist()
+    assert [int(e) for _, e in singles] == batch_exit.tolist()
+    assert all(p.shape == (1,) and p.dtype == torch.int64 for p, _ in singles)
