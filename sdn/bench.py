@@ -439,23 +439,35 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def early_exit_timing(
-    checkpoint: str, data_dir: str, device: torch.device, *, tolerance: float = 0.5, batch_sizes=(1, 256)
+    checkpoint: str,
+    data_dir: str,
+    device: torch.device,
+    *,
+    tolerance: float = 0.5,
+    batch_sizes: tuple[int, ...] | None = None,
+    repeats: int = 5,
+    onnx: bool = True,
 ) -> dict[str, Any]:
     """Online early exit of a trained SDN against its full network, at the threshold chosen on the held-out split.
 
-    Reports the measured latency saving beside the saving the op counts predict for the same exits. When no
-    threshold keeps the held-out accuracy within ``tolerance`` of the final exit's, the most accurate threshold of the
-    grid is timed instead and ``threshold_status`` says ``"none"`` (with the reason); the command does not fail.
+    Reports the measured latency saving beside the saving the op counts predict for the same exits
+    (:mod:`sdn.bench_latency`): PyTorch at every batch size (default: 1 and 64 on a CPU, 1 and 256 on a GPU),
+    ONNX Runtime on the CPU where it is installed, and on a GPU batch 1 through CUDA graphs. When no threshold keeps
+    the held-out accuracy within ``tolerance`` of the final exit's, the most accurate threshold of the grid is timed
+    instead and ``threshold_status`` says ``"none"`` (with the reason); the command does not fail.
     """
     import numpy as np
 
+    from sdn import bench_latency
     from sdn.analysis.arrays import softmax
     from sdn.analysis.early_exit import choose_by_tolerance_or_best, simulate, sweep
     from sdn.checkpoint import load_checkpoint
     from sdn.data import load_prepared
-    from sdn.inference import collect_logits, early_exit_forward, time_inference
+    from sdn.inference import backbone_forward, collect_logits, early_exit_forward
     from sdn.outputs import exit_cost_arrays
 
+    if batch_sizes is None:
+        batch_sizes = (1, 256) if device.type == "cuda" else (1, 64)
     model, meta = load_checkpoint(checkpoint, device)
     model.eval()
     data = load_prepared(data_dir)
@@ -480,6 +492,8 @@ def early_exit_timing(
     exit_mismatches = int((online_exit.cpu().numpy() != offline.exit_index).sum())
     cnn_ops = float(meta["cost"]["cnn"]["ops"])
     result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "arch": meta["arch"],
         "threshold": threshold,
         **choice.record(),
         "tolerance": tolerance,
@@ -495,17 +509,30 @@ def early_exit_timing(
         "online_exit_mismatches": exit_mismatches,
         "num_test": int(len(test_labels)),
         "cnn_ops": cnn_ops,
+        "repeats": repeats,
         "batches": {},
+        "latency": [],
     }
+    torch_variants = {
+        "cnn": lambda b: backbone_forward(model, b).argmax(dim=1).cpu(),
+        "early_exit": lambda b: early_exit_forward(model, b, "confidence", threshold)[0].cpu(),
+    }
+    onnx_runner = _onnx_runner(model, threshold, result) if onnx and device.type == "cpu" else None
     for batch in batch_sizes:
         n = min(len(test_labels), 256 if batch == 1 else 4096)
-        timing = time_inference(model, test_images[:n], batch, "confidence", threshold, device=device, repeats=3)
-        measured = 1.0 - timing["early_exit"]["median_latency_ms"] / timing["cnn"]["median_latency_ms"]
-        if batch != 1:
-            measured = 1.0 - timing["cnn"]["throughput_per_s"] / timing["early_exit"]["throughput_per_s"]
-        timing["measured_saving"] = measured
-        timing["saving_ratio"] = measured / result["predicted_saving"] if result["predicted_saving"] > 0 else None
-        result["batches"][str(batch)] = timing
+        predicted = bench_latency.predicted_saving(costs, offline.exit_index[:n])
+        timing = bench_latency.compare(torch_variants, test_images[:n], batch, device, repeats=repeats)
+        row = bench_latency.saving_row("pytorch", device, batch, timing, predicted, n)
+        result["batches"][str(batch)] = row
+        result["latency"].append(row)
+        if onnx_runner is not None:
+            cpu_images = test_images[:n].cpu()
+            onnx_variants = {
+                "cnn": lambda b: onnx_runner.cnn(b.numpy()),
+                "early_exit": lambda b: onnx_runner(b.numpy()),
+            }
+            timing = bench_latency.compare(onnx_variants, cpu_images, batch, device, repeats=repeats)
+            result["latency"].append(bench_latency.saving_row("onnxruntime", device, batch, timing, predicted, n))
     if device.type == "cuda":  # batch 1 with every segment replayed as a CUDA graph; both ways to read decisions
         from sdn.graphed_inference import time_graphed_batch1
 
@@ -523,3 +550,21 @@ def early_exit_timing(
             graphed["saving_ratio"] = graphed["measured_saving"] / predicted
             result[key] = graphed
     return result
+
+
+def _onnx_runner(model: MultiExitNet, threshold: float, result: dict[str, Any]) -> Any:
+    """An ONNX Runtime early-exit runner of ``model`` (exported to a temporary folder), or None with the reason
+    in ``result["onnx"]`` where onnx/onnxruntime are not installed or the export fails."""
+    import tempfile
+
+    try:
+        from sdn import export_onnx
+
+        folder = tempfile.mkdtemp(prefix="sdn-onnx-")
+        export_onnx.export(model.cpu(), folder)
+        runner = export_onnx.OnnxEarlyExit(folder, threshold=threshold)
+    except ImportError as err:
+        result["onnx"] = f"not timed: {err} (pip install 'sdn[onnx]')"
+        return None
+    result["onnx"] = f"exported to {folder}"
+    return runner
