@@ -533,6 +533,9 @@ def early_exit_timing(
             }
             timing = bench_latency.compare(onnx_variants, cpu_images, batch, device, repeats=repeats)
             result["latency"].append(bench_latency.saving_row("onnxruntime", device, batch, timing, predicted, n))
+    if device.type == "cuda":  # batches above 1: compacted at padded bucket sizes, every step a CUDA graph
+        for batch in (b for b in batch_sizes if b > 1):
+            result["latency"].extend(_bucketed_rows(model, test_images, threshold, batch, costs, offline, repeats))
     if device.type == "cuda":  # batch 1 with every segment replayed as a CUDA graph; both ways to read decisions
         from sdn.graphed_inference import time_graphed_batch1
 
@@ -568,3 +571,34 @@ def _onnx_runner(model: MultiExitNet, threshold: float, result: dict[str, Any]) 
         return None
     result["onnx"] = f"exported to {folder}"
     return runner
+
+
+def _bucketed_rows(
+    model: MultiExitNet, images: torch.Tensor, threshold: float, batch: int, costs: Any, offline: Any, repeats: int
+) -> list[dict[str, Any]]:
+    """CUDA graphs at ``batch``: the CNN as one graph against :class:`sdn.bucketed_inference.BucketedEarlyExit`
+    (full batches of the test set only). A capture that fails is reported in the row, not raised."""
+    import numpy as np
+
+    from sdn import bench_latency
+    from sdn.bucketed_inference import BucketedEarlyExit
+    from sdn.graphed_inference import GraphedEarlyExit
+
+    n = (min(len(images), 4096) // batch) * batch
+    if n == 0:
+        return [{"engine": "cuda-graphs", "batch_size": batch, "error": f"fewer than {batch} test images"}]
+    try:
+        whole = GraphedEarlyExit(model, images[:batch], threshold)
+        bucketed = BucketedEarlyExit(model, threshold, max_batch=batch)
+        predictions, exits = zip(*(bucketed(b) for b in images[:n].split(batch)), strict=True)
+        variants = {"cnn": whole.cnn, "early_exit": lambda b: bucketed(b)[0].cpu()}
+        timing = bench_latency.compare(variants, images[:n], batch, images.device, repeats=repeats)
+    except RuntimeError as err:
+        return [{"engine": "cuda-graphs", "batch_size": batch, "error": f"{type(err).__name__}: {err}"}]
+    predicted = bench_latency.predicted_saving(costs, offline.exit_index[:n])
+    row = bench_latency.saving_row("cuda-graphs", images.device, batch, timing, predicted, n)
+    row["exit_mismatches_vs_offline"] = int((torch.cat(exits).cpu().numpy() != offline.exit_index[:n]).sum())
+    row["prediction_mismatches_vs_offline"] = int(
+        (torch.cat(predictions).cpu().numpy() != np.asarray(offline.predictions[:n])).sum()
+    )
+    return [row]

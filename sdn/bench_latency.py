@@ -116,6 +116,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"{'predicted':>9s} {'measured':>9s} {'ratio':>6s} {'img/s x':>7s}"
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"{r['engine']:12s} batch {r['batch_size']}: {r['error']}")
+            continue
         ratio = "-" if r["saving_ratio"] is None else f"{r['saving_ratio']:.2f}"
         lines.append(
             f"{r['engine']:12s} {r['device']:6s} {r['batch_size']:5d} {r['num_images']:6d} {r['cnn_pass_ms']:9.1f} "

@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [  # top first; a module may import its own floo
         "sdn.inference",
         "sdn.graphed_inference",
         "sdn.export_onnx",
+        "sdn.bucketed_inference",
         "sdn.graphs",
         "sdn.reference",
         "sdn.analysis",
