@@ -463,7 +463,7 @@ def early_exit_timing(
     from sdn.analysis.early_exit import choose_by_tolerance_or_best, simulate, sweep
     from sdn.checkpoint import load_checkpoint
     from sdn.data import load_prepared
-    from sdn.inference import backbone_forward, collect_logits, early_exit_forward
+    from sdn.inference import backbone_forward, collect_logits, deploy_copy, early_exit_forward
     from sdn.outputs import exit_cost_arrays
 
     if batch_sizes is None:
@@ -513,18 +513,41 @@ def early_exit_timing(
         "batches": {},
         "latency": [],
     }
-    torch_variants = {
-        "cnn": lambda b: backbone_forward(model, b).argmax(dim=1).cpu(),
-        "early_exit": lambda b: early_exit_forward(model, b, "confidence", threshold)[0].cpu(),
+    # "pytorch": the checkpoint's model as trained; "pytorch-deploy": its inference copy (BatchNorm folded into the
+    # convolutions, channels_last), the same function with fewer passes over memory
+    deployed = deploy_copy(model, channels_last=True)
+    memory = torch.channels_last
+    engines: dict[str, dict[str, Callable[[torch.Tensor], Any]]] = {
+        "pytorch": {
+            "cnn": lambda b: backbone_forward(model, b).argmax(dim=1).cpu(),
+            "early_exit": lambda b: early_exit_forward(model, b, "confidence", threshold)[0].cpu(),
+        },
+        "pytorch-deploy": {
+            "cnn": lambda b: backbone_forward(deployed, b.contiguous(memory_format=memory)).argmax(dim=1).cpu(),
+            "early_exit": lambda b: early_exit_forward(
+                deployed, b.contiguous(memory_format=memory), "confidence", threshold
+            )[0].cpu(),
+        },
     }
+    deploy_pred, deploy_exit = early_exit_forward(
+        deployed, test_images.contiguous(memory_format=memory), "confidence", threshold
+    )
+    result["deploy_prediction_mismatches"] = int((deploy_pred.cpu().numpy() != offline.predictions).sum())
+    result["deploy_exit_mismatches"] = int((deploy_exit.cpu().numpy() != offline.exit_index).sum())
     onnx_runner = _onnx_runner(model, threshold, result) if onnx and device.type == "cpu" else None
+    if onnx_runner is not None:
+        onnx_pred, onnx_exit = onnx_runner(test_images.cpu().numpy())
+        result["onnx_prediction_mismatches"] = int((onnx_pred != offline.predictions).sum())
+        result["onnx_exit_mismatches"] = int((onnx_exit != offline.exit_index).sum())
     for batch in batch_sizes:
         n = min(len(test_labels), 256 if batch == 1 else 4096)
         predicted = bench_latency.predicted_saving(costs, offline.exit_index[:n])
-        timing = bench_latency.compare(torch_variants, test_images[:n], batch, device, repeats=repeats)
-        row = bench_latency.saving_row("pytorch", device, batch, timing, predicted, n)
-        result["batches"][str(batch)] = row
-        result["latency"].append(row)
+        for engine, variants in engines.items():
+            timing = bench_latency.compare(variants, test_images[:n], batch, device, repeats=repeats)
+            row = bench_latency.saving_row(engine, device, batch, timing, predicted, n)
+            result["latency"].append(row)
+            if engine == "pytorch":
+                result["batches"][str(batch)] = row
         if onnx_runner is not None:
             cpu_images = test_images[:n].cpu()
             onnx_variants = {

@@ -10,6 +10,7 @@ decisions use float64 softmaxes, like the offline simulation, so both give the s
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from sdn.analysis.early_exit import check_fallback, check_threshold
@@ -207,6 +209,43 @@ def _early_exit_batch(
         predictions[active] = pred
         exit_index[active] = final
     return predictions, exit_index
+
+
+@torch.no_grad()
+def deploy_copy(model: MultiExitNet, *, channels_last: bool = False) -> MultiExitNet:
+    """An inference-only copy of ``model`` (eval mode) that computes the same function with fewer memory passes:
+    every BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` is folded into the conv's weights,
+    a ReLU right after such a conv runs in place, and (``channels_last``) weights are stored NHWC, which the CPU's
+    oneDNN convolutions read without reordering (feed it NHWC inputs too).
+
+    Eager PyTorch pays for every elementwise pass over a feature map, and a network's first blocks, with the
+    largest maps, spend far more of the wall time than of the operations the cost model counts; folding shrinks
+    that gap. The logits agree with the original's to float rounding (about 1e-6 relative), so a decision exactly
+    at the threshold may in rare cases fall the other way.
+    """
+    copy_ = copy.deepcopy(model).eval()
+    _fold(copy_)
+    if channels_last:
+        copy_.to(memory_format=torch.channels_last)
+    return copy_
+
+
+def _fold(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            layers: list[nn.Module] = []
+            for layer in child:
+                previous = layers[-1] if layers else None
+                if isinstance(layer, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d):
+                    layers[-1] = fuse_conv_bn_eval(previous, layer)
+                    continue
+                if isinstance(layer, nn.ReLU) and isinstance(previous, nn.Conv2d):
+                    layer = nn.ReLU(inplace=True)  # its input is the conv's fresh output, read by nobody else
+                _fold(layer)
+                layers.append(layer)
+            setattr(module, name, nn.Sequential(*layers))
+        else:
+            _fold(child)
 
 
 @torch.no_grad()

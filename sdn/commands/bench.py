@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--early-exit-repeats", type=int, default=5, help="timed passes; medians are reported")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime early-exit timing (CPU only)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of torch and ONNX Runtime (default: torch's). On a busy machine 1 thread avoids "
+        "paying a scheduler wait at every parallel op",
+    )
     parser.add_argument("--json-out", help="write the results here (JSON)")
 
 
@@ -56,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from sdn.device import resolve_device
 
     device = resolve_device(args.device)
-    if device.type == "cpu":
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu":
         torch.set_num_threads(max(torch.get_num_threads(), 1))
     settings = bench.BenchSettings(
         device=device,
@@ -160,7 +170,8 @@ def _table(document: dict) -> str:
         lines.append(
             f"early exit of {ee['arch']} at threshold {ee['threshold']}: online vs offline mismatches "
             f"{ee['online_prediction_mismatches']} predictions, {ee['online_exit_mismatches']} exits of "
-            f"{ee['num_test']}; predicted saving (ops) {ee['predicted_saving']:.1%}"
+            f"{ee['num_test']} (deploy copy: {ee['deploy_prediction_mismatches']} predictions, "
+            f"{ee['deploy_exit_mismatches']} exits); predicted saving (ops) {ee['predicted_saving']:.1%}"
         )
         lines.append(bench_latency.table(ee["latency"]))
         for key in ("graphed_batch1", "graphed_batch1_device_read"):
