@@ -25,6 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from sdn.analysis.early_exit import check_fallback, check_threshold
+from sdn.models.exits import MixedPool
 from sdn.models.multiexit import MultiExitNet
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -215,7 +216,8 @@ def _early_exit_batch(
 def deploy_copy(model: MultiExitNet, *, channels_last: bool = False) -> MultiExitNet:
     """An inference-only copy of ``model`` (eval mode) that computes the same function with fewer memory passes:
     every BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` is folded into the conv's weights,
-    a ReLU right after such a conv runs in place, and (``channels_last``) weights are stored NHWC, which the CPU's
+    a ReLU right after such a conv runs in place, each exit's mixed pooling is one ``lerp`` with its trained
+    weight as a constant, and (``channels_last``) weights are stored NHWC, which the CPU's
     oneDNN convolutions read without reordering (feed it NHWC inputs too).
 
     Eager PyTorch pays for every elementwise pass over a feature map, and a network's first blocks, with the
@@ -225,9 +227,25 @@ def deploy_copy(model: MultiExitNet, *, channels_last: bool = False) -> MultiExi
     """
     copy_ = copy.deepcopy(model).eval()
     _fold(copy_)
+    for head in copy_.exits:
+        if isinstance(head.pool, MixedPool):
+            head.pool = _FixedMix(head.pool)
     if channels_last:
         copy_.to(memory_format=torch.channels_last)
     return copy_
+
+
+class _FixedMix(nn.Module):
+    """A trained :class:`MixedPool` at inference: its mix weight a constant, ``a*max + (1-a)*avg`` as one lerp
+    (three kernels where the training module launches seven)."""
+
+    def __init__(self, pool: MixedPool) -> None:
+        super().__init__()
+        self.max_pool, self.avg_pool = pool.max_pool, pool.avg_pool
+        self.register_buffer("alpha", pool.alpha.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.lerp(self.avg_pool(x), self.max_pool(x), self.alpha)
 
 
 def _fold(module: nn.Module) -> None:

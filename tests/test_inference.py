@@ -145,7 +145,7 @@ def test_deploy_copy_computes_the_same_logits(tiny_model, arch: str, channels_la
     from torch import nn
 
     from sdn.inference import deploy_copy
-    from sdn.models import create
+    from sdn.models import MixedPool, create
 
     torch.manual_seed(0)
     if arch == "tiny":
@@ -163,5 +163,6 @@ def test_deploy_copy_computes_the_same_logits(tiny_model, arch: str, channels_la
         got = fast(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.blocks.modules()) or arch == "tiny"
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    assert not any(isinstance(m, MixedPool) for m in fast.modules())
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
