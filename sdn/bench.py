@@ -594,13 +594,13 @@ def _onnx_runner(model: MultiExitNet, threshold: float, result: dict[str, Any]) 
     try:
         from sdn import export_onnx
 
-        folder = tempfile.mkdtemp(prefix="sdn-onnx-")
-        export_onnx.export(model.cpu(), folder)
-        runner = export_onnx.OnnxEarlyExit(folder, threshold=threshold)
+        with tempfile.TemporaryDirectory(prefix="sdn-onnx-") as folder:  # the sessions hold the graphs in memory
+            export_onnx.export(model.cpu(), folder)
+            runner = export_onnx.OnnxEarlyExit(folder, threshold=threshold)
     except ImportError as err:
         result["onnx"] = f"not timed: {err} (pip install 'sdn[onnx]')"
         return None
-    result["onnx"] = f"exported to {folder}"
+    result["onnx"] = f"segment graphs, opset {export_onnx.OPSET}, ONNX Runtime {runner.version}"
     return runner
 
 

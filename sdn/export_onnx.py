@@ -184,6 +184,7 @@ class OnnxEarlyExit:
         self.final = session(self.manifest["final"]["file"])
         self.whole = session(self.manifest["cnn"]["file"])
         self.input_shape = tuple(self.manifest["input_shape"])
+        self.version = ort.__version__
 
     @property
     def num_exits(self) -> int:
