@@ -28,7 +28,9 @@ def exported(tiny, tmp_path_factory) -> dict:
     data = tiny.prepared(root / "data", n_test=48)
     checkpoint = tiny.train(data, root / "run")
     out = root / "onnx"
-    assert main(["export", "--format", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SDN_TRACKING", "off")
+        assert main(["export", "--format", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     prepared = load_prepared(data)
     loader = DeviceLoader(
         prepared.split("test"), prepared.info, batch_size=64, shuffle=False, augment=False, device="cpu", seed=0
@@ -83,7 +85,10 @@ def test_manifest_lists_every_segment(exported) -> None:
     assert manifest["input_shape"] == list(exported["images"].shape[1:])
 
 
-def test_bad_input_is_named(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_named(
+    exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SDN_TRACKING", "off")
     with pytest.raises(FileNotFoundError, match="manifest.json not found"):
         OnnxEarlyExit(tmp_path, threshold=0.5)
     runner = OnnxEarlyExit(exported["out"], threshold=0.5)
