@@ -106,8 +106,8 @@ done
 first_fast="$work/r56-fast-s${seeds%% *}/model.pt"
 if [ -f "$first_fast" ]; then
   log "online early exit on the trained ResNet-56 SDN"
-  stage early-exit 45 $py -m sdn bench --device "$device" --archs "" --recipes "" \
-    --early-exit-checkpoint "$first_fast" --early-exit-data "$work/c10" \
+  stage early-exit 75 $py -m sdn bench --device "$device" --archs "" --recipes "" --early-exit-repeats 3 \
+    --early-exit-checkpoint "$first_fast" --early-exit-data "$work/c10" --no-onnx \
     --json-out "$out/early-exit.json" > "$out/early-exit.log" 2>&1 || log "early-exit timing failed (see log)"
   tail -n 3 "$out/early-exit.log"
 fi

@@ -439,23 +439,35 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def early_exit_timing(
-    checkpoint: str, data_dir: str, device: torch.device, *, tolerance: float = 0.5, batch_sizes=(1, 256)
+    checkpoint: str,
+    data_dir: str,
+    device: torch.device,
+    *,
+    tolerance: float = 0.5,
+    batch_sizes: tuple[int, ...] | None = None,
+    repeats: int = 5,
+    onnx: bool = True,
 ) -> dict[str, Any]:
     """Online early exit of a trained SDN against its full network, at the threshold chosen on the held-out split.
 
-    Reports the measured latency saving beside the saving the op counts predict for the same exits. When no
-    threshold keeps the held-out accuracy within ``tolerance`` of the final exit's, the most accurate threshold of the
-    grid is timed instead and ``threshold_status`` says ``"none"`` (with the reason); the command does not fail.
+    Reports the measured latency saving beside the saving the op counts predict for the same exits
+    (:mod:`sdn.bench_latency`): PyTorch at every batch size (default: 1 and 64 on a CPU, 1 and 256 on a GPU),
+    ONNX Runtime on the CPU where it is installed, and on a GPU batch 1 through CUDA graphs. When no threshold keeps
+    the held-out accuracy within ``tolerance`` of the final exit's, the most accurate threshold of the grid is timed
+    instead and ``threshold_status`` says ``"none"`` (with the reason); the command does not fail.
     """
     import numpy as np
 
+    from sdn import bench_latency
     from sdn.analysis.arrays import softmax
     from sdn.analysis.early_exit import choose_by_tolerance_or_best, simulate, sweep
     from sdn.checkpoint import load_checkpoint
     from sdn.data import load_prepared
-    from sdn.inference import collect_logits, early_exit_forward, time_inference
+    from sdn.inference import backbone_forward, collect_logits, deploy_copy, early_exit_forward
     from sdn.outputs import exit_cost_arrays
 
+    if batch_sizes is None:
+        batch_sizes = (1, 256) if device.type == "cuda" else (1, 64)
     model, meta = load_checkpoint(checkpoint, device)
     model.eval()
     data = load_prepared(data_dir)
@@ -480,6 +492,8 @@ def early_exit_timing(
     exit_mismatches = int((online_exit.cpu().numpy() != offline.exit_index).sum())
     cnn_ops = float(meta["cost"]["cnn"]["ops"])
     result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "arch": meta["arch"],
         "threshold": threshold,
         **choice.record(),
         "tolerance": tolerance,
@@ -495,17 +509,64 @@ def early_exit_timing(
         "online_exit_mismatches": exit_mismatches,
         "num_test": int(len(test_labels)),
         "cnn_ops": cnn_ops,
+        "repeats": repeats,
         "batches": {},
+        "latency": [],
     }
+    # "pytorch": the checkpoint's model as trained; "pytorch-deploy": its inference copy (BatchNorm folded into the
+    # convolutions), NHWC above batch 1 (oneDNN's convolutions read it without reordering; at batch 1 the reorders
+    # are cheap and the exits' small NHWC tensors are not)
+    deployed = {False: deploy_copy(model), True: deploy_copy(model, channels_last=True)}
+
+    def engines(batch: int) -> dict[str, dict[str, Callable[[torch.Tensor], Any]]]:
+        nhwc = batch > 1
+        fast = deployed[nhwc]
+        memory = torch.channels_last if nhwc else torch.contiguous_format
+        return {
+            "pytorch": {
+                "cnn": lambda b: backbone_forward(model, b).argmax(dim=1).cpu(),
+                "early_exit": lambda b: early_exit_forward(model, b, "confidence", threshold)[0].cpu(),
+            },
+            "pytorch-deploy": {
+                "cnn": lambda b: backbone_forward(fast, b.contiguous(memory_format=memory)).argmax(dim=1).cpu(),
+                "early_exit": lambda b: early_exit_forward(
+                    fast, b.contiguous(memory_format=memory), "confidence", threshold
+                )[0].cpu(),
+            },
+        }
+
+    result["deploy_prediction_mismatches"] = result["deploy_exit_mismatches"] = 0
+    for nhwc, copy_ in deployed.items():  # the worse of the two copies
+        memory = torch.channels_last if nhwc else torch.contiguous_format
+        pred, exits = early_exit_forward(copy_, test_images.contiguous(memory_format=memory), "confidence", threshold)
+        for key, got, want in (("prediction", pred, offline.predictions), ("exit", exits, offline.exit_index)):
+            count = int((got.cpu().numpy() != want).sum())
+            result[f"deploy_{key}_mismatches"] = max(result[f"deploy_{key}_mismatches"], count)
+    onnx_runner = _onnx_runner(model, threshold, result) if onnx and device.type == "cpu" else None
+    if onnx_runner is not None:
+        onnx_pred, onnx_exit = onnx_runner(test_images.cpu().numpy())
+        result["onnx_prediction_mismatches"] = int((onnx_pred != offline.predictions).sum())
+        result["onnx_exit_mismatches"] = int((onnx_exit != offline.exit_index).sum())
     for batch in batch_sizes:
         n = min(len(test_labels), 256 if batch == 1 else 4096)
-        timing = time_inference(model, test_images[:n], batch, "confidence", threshold, device=device, repeats=3)
-        measured = 1.0 - timing["early_exit"]["median_latency_ms"] / timing["cnn"]["median_latency_ms"]
-        if batch != 1:
-            measured = 1.0 - timing["cnn"]["throughput_per_s"] / timing["early_exit"]["throughput_per_s"]
-        timing["measured_saving"] = measured
-        timing["saving_ratio"] = measured / result["predicted_saving"] if result["predicted_saving"] > 0 else None
-        result["batches"][str(batch)] = timing
+        predicted = bench_latency.predicted_saving(costs, offline.exit_index[:n])
+        for engine, variants in engines(batch).items():
+            timing = bench_latency.compare(variants, test_images[:n], batch, device, repeats=repeats)
+            row = bench_latency.saving_row(engine, device, batch, timing, predicted, n)
+            result["latency"].append(row)
+            if engine == "pytorch":
+                result["batches"][str(batch)] = row
+        if onnx_runner is not None:
+            cpu_images = test_images[:n].cpu()
+            onnx_variants = {
+                "cnn": lambda b: onnx_runner.cnn(b.numpy()),
+                "early_exit": lambda b: onnx_runner(b.numpy()),
+            }
+            timing = bench_latency.compare(onnx_variants, cpu_images, batch, device, repeats=repeats)
+            result["latency"].append(bench_latency.saving_row("onnxruntime", device, batch, timing, predicted, n))
+    if device.type == "cuda":  # batches above 1: compacted at padded bucket sizes, every step a CUDA graph
+        for batch in (b for b in batch_sizes if b > 1):
+            result["latency"].extend(_bucketed_rows(model, test_images, threshold, batch, costs, offline, repeats))
     if device.type == "cuda":  # batch 1 with every segment replayed as a CUDA graph; both ways to read decisions
         from sdn.graphed_inference import time_graphed_batch1
 
@@ -523,3 +584,52 @@ def early_exit_timing(
             graphed["saving_ratio"] = graphed["measured_saving"] / predicted
             result[key] = graphed
     return result
+
+
+def _onnx_runner(model: MultiExitNet, threshold: float, result: dict[str, Any]) -> Any:
+    """An ONNX Runtime early-exit runner of ``model`` (exported to a temporary folder), or None with the reason
+    in ``result["onnx"]`` where onnx/onnxruntime are not installed or the export fails."""
+    import tempfile
+
+    try:
+        from sdn import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="sdn-onnx-") as folder:  # the sessions hold the graphs in memory
+            export_onnx.export(model.cpu(), folder)
+            runner = export_onnx.OnnxEarlyExit(folder, threshold=threshold)
+    except ImportError as err:
+        result["onnx"] = f"not timed: {err} (pip install 'sdn[onnx]')"
+        return None
+    result["onnx"] = f"segment graphs, opset {export_onnx.OPSET}, ONNX Runtime {runner.version}"
+    return runner
+
+
+def _bucketed_rows(
+    model: MultiExitNet, images: torch.Tensor, threshold: float, batch: int, costs: Any, offline: Any, repeats: int
+) -> list[dict[str, Any]]:
+    """CUDA graphs at ``batch``: the CNN as one graph against :class:`sdn.bucketed_inference.BucketedEarlyExit`
+    (full batches of the test set only). A capture that fails is reported in the row, not raised."""
+    import numpy as np
+
+    from sdn import bench_latency
+    from sdn.bucketed_inference import BucketedEarlyExit
+    from sdn.graphed_inference import GraphedEarlyExit
+
+    n = (min(len(images), 4096) // batch) * batch
+    if n == 0:
+        return [{"engine": "cuda-graphs", "batch_size": batch, "error": f"fewer than {batch} test images"}]
+    try:
+        whole = GraphedEarlyExit(model, images[:batch], threshold)
+        bucketed = BucketedEarlyExit(model, threshold, max_batch=batch)
+        predictions, exits = zip(*(bucketed(b) for b in images[:n].split(batch)), strict=True)
+        variants = {"cnn": whole.cnn, "early_exit": lambda b: bucketed(b)[0].cpu()}
+        timing = bench_latency.compare(variants, images[:n], batch, images.device, repeats=repeats)
+    except RuntimeError as err:
+        return [{"engine": "cuda-graphs", "batch_size": batch, "error": f"{type(err).__name__}: {err}"}]
+    predicted = bench_latency.predicted_saving(costs, offline.exit_index[:n])
+    row = bench_latency.saving_row("cuda-graphs", images.device, batch, timing, predicted, n)
+    row["exit_mismatches_vs_offline"] = int((torch.cat(exits).cpu().numpy() != offline.exit_index[:n]).sum())
+    row["prediction_mismatches_vs_offline"] = int(
+        (torch.cat(predictions).cpu().numpy() != np.asarray(offline.predictions[:n])).sum()
+    )
+    return [row]

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "gradcam",
     "report",
     "bench",
+    "export",
     "sync_mlflow",
     "tracking_init",
 )

@@ -6,6 +6,7 @@ No timing is asserted: speed targets live in the benchmark's JSON, not in tests.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -141,7 +142,7 @@ def test_gpu_bench_script_runs_on_cpu(fake_cifar_archive: Any, tmp_path: Path) -
     ]
     assert parity["mean_diff_points"] == pytest.approx(expected_diff)
     early = json.loads((out / "early-exit.json").read_text())["early_exit"]
-    assert set(early["batches"]) == {"1", "256"}
+    assert set(early["batches"]) == {"1", "64"}  # the CPU default; a GPU times 1 and 256
     assert isinstance(early["online_exit_mismatches"], int)
 
 
@@ -177,12 +178,22 @@ def test_bench_reports_when_no_threshold_meets_the_tolerance(
     monkeypatch.setenv("SDN_TRACKING", "off")
     out = tmp_path / "bench.json"
     args = ["bench", "--device", "cpu", "--archs", "", "--recipes", "", "--json-out", str(out)]
-    args += ["--early-exit-checkpoint", str(checkpoint), "--early-exit-data", str(data)]
+    args += ["--early-exit-checkpoint", str(checkpoint), "--early-exit-data", str(data), "--early-exit-repeats", "1"]
     assert main(args) == 0
     early = json.loads(out.read_text())["early_exit"]
     assert early["threshold_status"] == "none"
     assert "no threshold reaches accuracy" in early["threshold_reason"]
     assert early["final_holdout_accuracy"] == 100.0 and early["holdout_accuracy"] == 0.0
     assert early["final_exit_cost_fraction"] >= 1.0  # the CNN plus every IC on the way
-    assert set(early["batches"]) == {"1", "256"}
+    assert set(early["batches"]) == {"1", "64"}  # the CPU default; a GPU times 1 and 256
+    engines = {(r["engine"], r["batch_size"]) for r in early["latency"]}
+    expected = {"pytorch", "pytorch-deploy"} | ({"onnxruntime"} if importlib.util.find_spec("onnxruntime") else set())
+    assert engines == {(engine, batch) for engine in expected for batch in (1, 64)}
+    keys = ["deploy_exit_mismatches"] + (["onnx_exit_mismatches"] if "onnxruntime" in expected else [])
+    assert all(isinstance(early[key], int) for key in keys)  # the logits here are faked: no equality to check
+    for row in early["latency"]:
+        assert row["measured_saving"] == pytest.approx(1 - row["early_exit_pass_ms"] / row["cnn_pass_ms"])
+        assert row["saving_ratio"] is None or row["saving_ratio"] == pytest.approx(
+            row["measured_saving"] / row["predicted_saving"]
+        )
     assert "no threshold reaches accuracy" in capsys.readouterr().out

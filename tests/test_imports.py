@@ -15,12 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS: list[tuple[str, ...]] = [  # top first; a module may import its own floor or any floor below it
     ("sdn.cli", "sdn.__main__", "sdn.commands"),
-    ("sdn.bench", "sdn.reproduce"),
+    ("sdn.bench", "sdn.bench_latency", "sdn.reproduce"),
     (
         "sdn.train",
         "sdn.evaluate",
         "sdn.inference",
         "sdn.graphed_inference",
+        "sdn.export_onnx",
+        "sdn.bucketed_inference",
         "sdn.graphs",
         "sdn.reference",
         "sdn.analysis",

@@ -125,3 +125,44 @@ def test_time_inference_reports_all_variants(setup):
     )
     with pytest.raises(ValueError, match="batch_size"):
         time_inference(model, x, 0, "confidence", 0.5)
+
+
+@pytest.mark.parametrize("fallback", ["final", "most-confident"])
+@pytest.mark.parametrize(("policy", "threshold"), CASES)
+def test_one_sample_at_a_time_answers_like_the_batch(setup, policy, threshold, fallback):
+    model, x, _, _ = setup
+    x = x[:20]
+    batch_pred, batch_exit = early_exit_forward(model, x, policy, threshold, fallback)
+    singles = [early_exit_forward(model, x[i : i + 1], policy, threshold, fallback) for i in range(x.shape[0])]
+    assert [int(p) for p, _ in singles] == batch_pred.tolist()
+    assert [int(e) for _, e in singles] == batch_exit.tolist()
+    assert all(p.shape == (1,) and p.dtype == torch.int64 for p, _ in singles)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet", "resnet56", "vgg16bn", "tiny"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_deploy_copy_computes_the_same_logits(tiny_model, arch: str, channels_last: bool) -> None:
+    from torch import nn
+
+    from sdn.inference import deploy_copy
+    from sdn.models import MixedPool, create
+
+    torch.manual_seed(0)
+    if arch == "tiny":
+        model, size = tiny_model(), 8
+    else:
+        model, size = create(arch, num_classes=10, input_size=32).eval(), 32
+        for module in model.modules():  # trained-looking statistics, so the folding has something to fold
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.3, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        expected = model(x)
+        fast = deploy_copy(model, channels_last=channels_last)
+        got = fast(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.blocks.modules()) or arch == "tiny"
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    assert not any(isinstance(m, MixedPool) for m in fast.modules())
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)

@@ -40,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--early-exit-checkpoint", help="a trained SDN model.pt: time online early exit")
     parser.add_argument("--early-exit-data", help="prepared data folder of that checkpoint")
+    parser.add_argument(
+        "--early-exit-batches",
+        help="comma-separated batch sizes of the early-exit timing (default: 1,64 on a CPU, 1,256 on a GPU)",
+    )
+    parser.add_argument("--early-exit-repeats", type=int, default=5, help="timed passes; medians are reported")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime early-exit timing (CPU only)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of torch and ONNX Runtime (default: torch's). On a busy machine 1 thread avoids "
+        "paying a scheduler wait at every parallel op",
+    )
     parser.add_argument("--json-out", help="write the results here (JSON)")
 
 
@@ -50,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from sdn.device import resolve_device
 
     device = resolve_device(args.device)
-    if device.type == "cpu":
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu":
         torch.set_num_threads(max(torch.get_num_threads(), 1))
     settings = bench.BenchSettings(
         device=device,
@@ -92,7 +108,19 @@ def run(args: argparse.Namespace) -> int:
         if args.json_out:  # after every architecture: a run cut short keeps what it measured
             io.write_json(args.json_out, document)
     if args.early_exit_checkpoint:
-        document["early_exit"] = bench.early_exit_timing(args.early_exit_checkpoint, args.early_exit_data, device)
+        batches = None
+        if args.early_exit_batches:
+            batches = tuple(int(b) for b in args.early_exit_batches.split(",") if b)
+            if not batches or min(batches) < 1:
+                raise ValueError(f"--early-exit-batches must list batch sizes >= 1, got {args.early_exit_batches!r}")
+        document["early_exit"] = bench.early_exit_timing(
+            args.early_exit_checkpoint,
+            args.early_exit_data,
+            device,
+            batch_sizes=batches,
+            repeats=args.early_exit_repeats,
+            onnx=not args.no_onnx,
+        )
     print(_table(document))
     if args.json_out:
         io.write_json(args.json_out, document)
@@ -102,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(document: dict) -> str:
+    from sdn import bench_latency
+
     lines = [f"device: {document['environment'].get('gpu', document['environment']['device'])}"]
     lines.append(
         f"{'arch':10s} {'recipe':8s} {'ref img/s':>10s} {'fast img/s':>11s} {'x':>6s} "
@@ -137,13 +167,13 @@ def _table(document: dict) -> str:
     if ee:
         if ee["threshold_status"] != "ok":
             lines.append(f"early exit: {ee['threshold_reason']}")
-        for batch, t in ee["batches"].items():
-            lines.append(
-                f"early exit batch {batch}: predicted saving {ee['predicted_saving']:.1%}, measured "
-                f"{t['measured_saving']:.1%} (ratio {t['saving_ratio']}), "
-                f"online vs offline mismatches: {ee['online_prediction_mismatches']} predictions, "
-                f"{ee['online_exit_mismatches']} exits of {ee['num_test']}"
-            )
+        lines.append(
+            f"early exit of {ee['arch']} at threshold {ee['threshold']}: online vs offline mismatches "
+            f"{ee['online_prediction_mismatches']} predictions, {ee['online_exit_mismatches']} exits of "
+            f"{ee['num_test']} (deploy copy: {ee['deploy_prediction_mismatches']} predictions, "
+            f"{ee['deploy_exit_mismatches']} exits); predicted saving (ops) {ee['predicted_saving']:.1%}"
+        )
+        lines.append(bench_latency.table(ee["latency"]))
         for key in ("graphed_batch1", "graphed_batch1_device_read"):
             graphed = ee.get(key)
             if graphed:

@@ -1,0 +1,34 @@
+"""``sdn export``: a trained SDN as ONNX graphs cut at its exits, for the ONNX Runtime early-exit runner."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+NAME = "export"
+HELP = (
+    "Export a trained model.pt for deployment: --format onnx writes one ONNX graph per segment (the blocks up to an "
+    "exit and that exit's classifier), the final segment, the plain CNN and manifest.json; run them with "
+    "sdn.export_onnx.OnnxEarlyExit (ONNX Runtime, online early exit)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", required=True, choices=("onnx",), help="export format")
+    parser.add_argument("--checkpoint", required=True, help="trained model.pt (sdn train)")
+    parser.add_argument("--out", required=True, help="output folder (created; its graphs are replaced)")
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint} not found: pass a model.pt written by sdn train")
+    for package in ("onnx", "onnxruntime"):  # an optional extra
+        if importlib.util.find_spec(package) is None:
+            raise ImportError(f"sdn export --format onnx needs the package {package}: pip install 'sdn[onnx]'")
+    from sdn import export_onnx
+
+    manifest = export_onnx.export_checkpoint(checkpoint, args.out)
+    print(f"exported {checkpoint} to {manifest.parent} ({manifest.name} lists the graphs)")
+    return 0

@@ -1,0 +1,251 @@
+"""ONNX export of a trained SDN cut at its exits, and an ONNX Runtime runner that really stops at the exit.
+
+The one owner of the exported folder::
+
+    DIR/manifest.json      format, arch, classes, input shape, exit positions, the files below, the opset
+    DIR/segment_<k>.onnx   k = 0 .. E-2: the blocks up to internal classifier k (the stem in segment 0)
+                           input "x" -> outputs "features" (fed to segment k+1) and "logits" (IC k)
+    DIR/final.onnx         the blocks after the last IC and the final head: "x" -> "logits"
+    DIR/cnn.onnx           the plain network (stem, every block, head; no IC): "x" -> "logits"
+
+Every graph has a dynamic batch axis. Why segments and not one graph with every exit as an output: a single graph
+computes every block and every IC for every image, i.e. the full SDN's cost (more than the CNN's) whatever the
+images; ONNX offers no way to stop a graph half-way short of control-flow nodes. Segments let the runner stop each
+image at its exit, and drop the images that exited from the batch before the next segment.
+
+:class:`OnnxEarlyExit` decides as :func:`sdn.inference.early_exit_forward` and the offline simulation do: a float64
+softmax of each IC's logits, the sample leaves at the first IC whose top probability reaches the threshold
+(``confidence``) or whose normalised entropy is at most it (``entropy``); samples no IC stops take the final
+head's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdn import io
+from sdn.analysis.arrays import softmax
+from sdn.analysis.early_exit import check_threshold, normalised_entropy
+from sdn.models.multiexit import MultiExitNet
+
+FORMAT = "sdn-onnx-segments"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+OPSET = 18
+POLICIES = ("confidence", "entropy")
+
+
+class _Segment(nn.Module):
+    """Blocks ``[start, stop]`` (with the stem when ``start == 0``) and IC ``ic`` (None: the final head)."""
+
+    def __init__(self, model: MultiExitNet, start: int, stop: int, ic: int | None, stem: bool) -> None:
+        super().__init__()
+        self.stem = model.stem if stem else nn.Identity()
+        self.blocks = nn.Sequential(*list(model.blocks)[start : stop + 1])
+        self.exit = model.head if ic is None else model.exits[ic]
+        self.final = ic is None
+
+    def forward(self, x: torch.Tensor) -> Any:
+        h = self.blocks(self.stem(x))
+        if self.final:
+            return self.exit(h)
+        return h, self.exit(h)
+
+
+def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> None:
+    """``module`` on inputs shaped like ``example`` (batch axis dynamic) to ``path``, written under a temp name."""
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=["x"],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["x", *outputs]},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def export(model: MultiExitNet, out_dir: str | os.PathLike[str], *, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (on the CPU, eval mode) as segment graphs, the final graph, the CNN graph and the manifest
+    into ``out_dir``; return the manifest's path. The manifest is written last: a folder without it is incomplete.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    was_training = model.training
+    model = model.eval()
+    device = next(model.parameters()).device
+    try:
+        example = torch.zeros(2, 3, model.input_size, model.input_size, device=device)
+        segments = []
+        features = example
+        start = 0
+        for k, position in enumerate(model.exit_positions):
+            segment = _Segment(model, start, position, k, stem=start == 0).eval()
+            name = f"segment_{k}.onnx"
+            _export_graph(segment, features, out / name, ["features", "logits"])
+            segments.append({"file": name, "blocks": [start, position], "exit": k})
+            features, _ = segment(features)
+            start = position + 1
+        tail = _Segment(model, start, len(model.blocks) - 1, None, stem=start == 0).eval()
+        _export_graph(tail, features, out / "final.onnx", ["logits"])
+        cnn = _Segment(model, 0, len(model.blocks) - 1, None, stem=True).eval()
+        _export_graph(cnn, example, out / "cnn.onnx", ["logits"])
+    finally:
+        model.train(was_training)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "arch": (meta or {}).get("arch"),
+        "num_classes": model.num_classes,
+        "input_shape": [3, model.input_size, model.input_size],
+        "exit_positions": list(model.exit_positions),
+        "num_exits": model.num_exits,
+        "segments": segments,
+        "final": {"file": "final.onnx", "blocks": [start, len(model.blocks) - 1]},
+        "cnn": {"file": "cnn.onnx"},
+        "dataset": (meta or {}).get("dataset"),
+    }
+    io.write_json(out / MANIFEST, manifest)
+    return out / MANIFEST
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of an exported folder, checked: a clear error names the folder and what is wrong."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: export the model first (sdn export --format onnx --out {folder})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); export the model again") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}, expected "
+            f"{FORMAT!r} version {FORMAT_VERSION}; export the model again with this version of sdn"
+        )
+    files = [s["file"] for s in manifest["segments"]] + [manifest["final"]["file"], manifest["cnn"]["file"]]
+    missing = [f for f in files if not (Path(folder) / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: graph file(s) {missing} listed in {MANIFEST} are missing; export again")
+    return manifest
+
+
+class OnnxEarlyExit:
+    """Online early exit over the exported segment graphs with ONNX Runtime (CPU by default).
+
+    ``runner(images)`` takes normalised float32 images [B, C, H, W] (numpy) and returns ``(predictions,
+    exit_index)`` int64 [B]; ``runner.cnn(images)`` the plain network's predictions; ``runner.logits(images)``
+    every exit's logits [E, B, K] (all segments run on all images: for checking, not for serving).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        threshold: float,
+        policy: str = "confidence",
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if policy not in POLICIES:
+            raise ValueError(f"the ONNX runner supports policies {list(POLICIES)}, got {policy!r}")
+        self.threshold = check_threshold(policy, threshold)
+        self.policy = policy
+        self.manifest = read_manifest(folder)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers = providers or ["CPUExecutionProvider"]
+
+        def session(name: str) -> Any:
+            return ort.InferenceSession(str(Path(folder) / name), sess_options=options, providers=providers)
+
+        self.segments = [session(s["file"]) for s in self.manifest["segments"]]
+        self.final = session(self.manifest["final"]["file"])
+        self.whole = session(self.manifest["cnn"]["file"])
+        self.input_shape = tuple(self.manifest["input_shape"])
+        self.version = ort.__version__
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.segments) + 1
+
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"images must be float32 [B, {', '.join(map(str, self.input_shape))}] (normalised as in training), "
+                f"got shape {tuple(images.shape)}"
+            )
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self._check(images)
+        batch = x.shape[0]
+        predictions = np.empty(batch, dtype=np.int64)
+        exit_index = np.full(batch, self.num_exits - 1, dtype=np.int64)
+        active = np.arange(batch)
+        for k, segment in enumerate(self.segments):
+            if active.size == 0:
+                return predictions, exit_index
+            x, logits = segment.run(None, {"x": x})
+            probs = softmax(logits)
+            fired = self._fires(probs)
+            if fired.any():
+                done = active[fired]
+                predictions[done] = probs[fired].argmax(axis=1)
+                exit_index[done] = k
+                active = active[~fired]
+                x = np.ascontiguousarray(x[~fired])
+        if active.size:
+            (logits,) = self.final.run(None, {"x": x})
+            predictions[active] = softmax(logits).argmax(axis=1)
+        return predictions, exit_index
+
+    def _fires(self, probs: np.ndarray) -> np.ndarray:
+        if self.policy == "confidence":
+            return probs.max(axis=-1) >= self.threshold
+        return normalised_entropy(probs) <= self.threshold
+
+    def cnn(self, images: np.ndarray) -> np.ndarray:
+        """The plain network's predictions."""
+        (logits,) = self.whole.run(None, {"x": self._check(images)})
+        return logits.argmax(axis=1).astype(np.int64)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Every exit's logits [E, B, K], the final head's last (all segments run on every image)."""
+        x = self._check(images)
+        outputs = []
+        for segment in self.segments:
+            x, logits = segment.run(None, {"x": x})
+            outputs.append(logits)
+        (logits,) = self.final.run(None, {"x": x})
+        return np.stack([*outputs, logits])
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Load a trained ``model.pt`` and export it (see :func:`export`)."""
+    from sdn.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint, "cpu")
+    return export(model, out_dir, meta=meta)

@@ -1,0 +1,108 @@
+"""ONNX export: the segment graphs give PyTorch's logits, and the ONNX Runtime runner PyTorch's exit decisions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from sdn.analysis import early_exit as ee  # noqa: E402
+from sdn.analysis.arrays import softmax  # noqa: E402
+from sdn.checkpoint import load_checkpoint  # noqa: E402
+from sdn.cli import main  # noqa: E402
+from sdn.data import DeviceLoader, load_prepared  # noqa: E402
+from sdn.export_onnx import OnnxEarlyExit, read_manifest  # noqa: E402
+from sdn.inference import early_exit_forward  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory) -> dict:
+    """A tiny SDN trained for two epochs, exported with ``sdn export``, and its test split."""
+    root = tmp_path_factory.mktemp("onnx")
+    data = tiny.prepared(root / "data", n_test=48)
+    checkpoint = tiny.train(data, root / "run")
+    out = root / "onnx"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SDN_TRACKING", "off")
+        assert main(["export", "--format", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    prepared = load_prepared(data)
+    loader = DeviceLoader(
+        prepared.split("test"), prepared.info, batch_size=64, shuffle=False, augment=False, device="cpu", seed=0
+    )
+    images = torch.cat([x for x, _ in loader])
+    labels = torch.cat([y for _, y in loader]).numpy()
+    model, _ = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        logits = np.stack([o.numpy() for o in model(images)])
+    return {"out": out, "model": model, "images": images, "labels": labels, "logits": logits}
+
+
+def test_segment_graphs_give_pytorchs_logits(exported) -> None:
+    runner = OnnxEarlyExit(exported["out"], threshold=0.5)
+    onnx_logits = runner.logits(exported["images"].numpy())
+    assert onnx_logits.shape == exported["logits"].shape
+    np.testing.assert_allclose(onnx_logits, exported["logits"], atol=1e-4, rtol=0)
+    cnn = runner.cnn(exported["images"].numpy())
+    assert cnn.tolist() == exported["logits"][-1].argmax(axis=1).tolist()
+
+
+def _thresholds(logits: np.ndarray, policy: str) -> list[float]:
+    """Thresholds at the quantiles of the first IC's own scores, so some samples exit there and some go on,
+    whatever the training reached; plus the ends of the range."""
+    probs = softmax(logits[0])
+    scores = probs.max(axis=1) if policy == "confidence" else ee.normalised_entropy(probs)
+    return [0.0, 1.0, *(float(np.quantile(scores, q)) for q in (0.25, 0.5, 0.75))]
+
+
+@pytest.mark.parametrize("policy", ["confidence", "entropy"])
+def test_runner_decides_like_pytorch_and_the_offline_simulation(exported, policy: str) -> None:
+    images, logits, labels = exported["images"], exported["logits"], exported["labels"]
+    cost = np.linspace(0.25, 1.0, logits.shape[0])
+    spread = set()
+    for threshold in _thresholds(logits, policy):
+        runner = OnnxEarlyExit(exported["out"], threshold=threshold, policy=policy)
+        onnx_pred, onnx_exit = runner(images.numpy())
+        torch_pred, torch_exit = early_exit_forward(exported["model"], images, policy, threshold)
+        offline = ee.simulate(softmax(logits), labels, cost, policy, threshold)
+        assert onnx_exit.tolist() == torch_exit.tolist() == offline.exit_index.tolist()
+        assert onnx_pred.tolist() == torch_pred.tolist() == offline.predictions.tolist()
+        one_at_a_time = [runner(images[i : i + 1].numpy()) for i in range(8)]
+        assert [int(e[0]) for _, e in one_at_a_time] == onnx_exit[:8].tolist()
+        spread |= set(onnx_exit.tolist())
+    assert len(spread) >= 2  # both an IC and a later exit answered
+
+
+def test_manifest_lists_every_segment(exported) -> None:
+    manifest = read_manifest(exported["out"])
+    assert manifest["num_exits"] == exported["model"].num_exits
+    assert [s["exit"] for s in manifest["segments"]] == list(range(exported["model"].num_exits - 1))
+    assert manifest["input_shape"] == list(exported["images"].shape[1:])
+
+
+def test_bad_input_is_named(
+    exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SDN_TRACKING", "off")
+    with pytest.raises(FileNotFoundError, match="manifest.json not found"):
+        OnnxEarlyExit(tmp_path, threshold=0.5)
+    runner = OnnxEarlyExit(exported["out"], threshold=0.5)
+    with pytest.raises(ValueError, match=r"images must be float32 \[B, 3, 8, 8\]"):
+        runner(np.zeros((2, 1, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="supports policies"):
+        OnnxEarlyExit(exported["out"], threshold=1, policy="patience")
+    with pytest.raises(ValueError):
+        OnnxEarlyExit(exported["out"], threshold=1.5)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    manifest = json.loads((exported["out"] / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match="missing; export again"):
+        OnnxEarlyExit(broken, threshold=0.5)
+    assert main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
+    assert "none.pt not found: pass a model.pt written by sdn train" in capsys.readouterr().err
