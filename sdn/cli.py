@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "calibration",
     "backdoor",
     "gradcam",
+    "predict",
     "report",
     "bench",
     "sync_mlflow",
