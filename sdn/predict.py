@@ -13,6 +13,8 @@ Bad input never stops a batch: an unreadable file, a grayscale image or one of t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io as _io
 import math
 import os
@@ -169,14 +171,19 @@ class Predictor:
         data_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        exit_policy: ExitPolicy | None = None,
+        preprocess: Preprocess | None = None,
     ) -> Predictor:
         """Load ``model.pt``; the threshold is ``threshold``, else the one ``rule`` (default: tolerance) chose in
-        the early-exit analysis beside it (or ``summary``)."""
+        the early-exit analysis beside it (or ``summary``). ``exit_policy`` and ``preprocess`` (as recorded in an
+        MLflow model) replace all of that and the checkpoint's normalisation."""
         model, meta = checkpoint.load_checkpoint(checkpoint_path, device)
         if model.num_exits < 2:
             raise ValueError(f"{checkpoint_path} is a plain CNN (no internal classifiers): nothing can exit early")
-        exit_policy = resolve(checkpoint_path, policy=policy, threshold=threshold, rule=rule, summary=summary)
-        preprocess = Preprocess.from_meta(meta, data_dir)
+        if exit_policy is None:
+            exit_policy = resolve(checkpoint_path, policy=policy, threshold=threshold, rule=rule, summary=summary)
+        if preprocess is None:
+            preprocess = Preprocess.from_meta(meta, data_dir)
         return cls(model, meta, preprocess, exit_policy, device=device, batch_size=batch_size)
 
     def with_overrides(self, *, threshold: Any = None, policy: str | None = None) -> ExitPolicy:
@@ -272,6 +279,34 @@ class Predictor:
                 unreadable[len(items) + len(unreadable)] = Prediction(
                     source=str(path), error=f"{path}: cannot be read ({err.strerror or err})"
                 )
-        answered = iter(self.predict_bytes(items, policy))
-        total = len(items) + len(unreadable)
-        return [unreadable[i] if i in unreadable else next(answered) for i in range(total)]
+        return _merge(unreadable, self.predict_bytes(items, policy))
+
+    def predict_base64(
+        self, images: Sequence[Any], *, threshold: Any = None, policy: str | None = None
+    ) -> list[Prediction]:
+        """The serving entry point: base64-encoded image files (one string each; named ``#0``, ``#1``, ...).
+
+        ``threshold``/``policy`` override this predictor's for this call. An empty request or a threshold out of
+        range raises ValueError (the whole request is wrong); a bad image is an ``error`` in its own row.
+        """
+        if len(images) == 0:
+            raise ValueError("empty request: send at least one base64-encoded image in the 'image' column")
+        chosen = self.with_overrides(threshold=threshold, policy=policy)
+        items: list[tuple[str, bytes]] = []
+        failed: dict[int, Prediction] = {}
+        for n, text in enumerate(images):
+            try:
+                if not isinstance(text, str | bytes):
+                    raise ValueError(type(text).__name__)
+                items.append((f"#{n}", base64.b64decode(text, validate=True)))
+            except (binascii.Error, ValueError) as err:
+                failed[n] = Prediction(
+                    source=f"#{n}", error=f"#{n}: not a base64-encoded image file ({err}); send the file's bytes"
+                )
+        return _merge(failed, self.predict_bytes(items, chosen))
+
+
+def _merge(failed: dict[int, Prediction], answered: list[Prediction]) -> list[Prediction]:
+    """``answered`` in order with the ``failed`` items put back at their positions."""
+    rest = iter(answered)
+    return [failed[i] if i in failed else next(rest) for i in range(len(failed) + len(answered))]
