@@ -89,10 +89,18 @@ def write_mlflow_model(checkpoint: Path, out_dir: Path, *, data_dir: Path | None
 
     from sdn import exit_policy
     from sdn.checkpoint import read_meta
+    from sdn.io import read_json
     from sdn.predict import Predictor
     from sdn.tracking import save_pyfunc_model
 
-    policy = exit_policy.from_summary(Path(out_dir) / "summary.json")
+    summary = Path(out_dir) / "summary.json"
+    policies = list(read_json(summary)["policies"])
+    name = exit_policy.DEFAULT_POLICY if exit_policy.DEFAULT_POLICY in policies else policies[0]
+    try:
+        policy = exit_policy.from_summary(summary, name)
+    except ValueError as err:
+        log.warning("no MLflow model written: %s", err)
+        return None
     predictor = Predictor.load(checkpoint, exit_policy=policy, data_dir=data_dir)
     size = predictor.preprocess.size
     example = io.BytesIO()
