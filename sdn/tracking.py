@@ -299,8 +299,14 @@ class Run:
         :func:`registered_model_name` of the run's tags (a new version per run)."""
         before = len(self.artifacts)
         self.log_artifact(path)
-        if len(self.artifacts) > before:
-            self.models.append({"path": self.artifacts[-1], "name": registered_model_name(self.tags)})
+        if len(self.artifacts) == before:
+            return
+        try:
+            name = registered_model_name(self.tags)
+        except ValueError as err:
+            log.warning("MLflow model %s is logged but not registered: %s", path, err)
+            return
+        self.models.append({"path": self.artifacts[-1], "name": name})
 
     def to_journal(self) -> dict[str, Any]:
         return {

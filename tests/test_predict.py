@@ -128,3 +128,15 @@ def test_cli_json_and_per_image_errors(trained, tmp_path, capsys) -> None:
     assert "confidence threshold" in capsys.readouterr().out
     code = main(["predict", "--checkpoint", str(trained["model"]), "--images", str(folder), "--threshold", "2"])
     assert code == 2 and "must lie in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_summary_without_a_choice_is_a_clear_error(tmp_path) -> None:
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"policies": {"confidence": {"tolerance": {"status": "none", "reason": "r"}}}}))
+    with pytest.raises(ValueError, match="chose no threshold for policy 'confidence' \\(r\\)"):
+        exit_policy.from_summary(summary)
+    with pytest.raises(ValueError, match="holds no policy 'entropy'; it has: confidence"):
+        exit_policy.from_summary(summary, "entropy")
+    summary.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        exit_policy.from_summary(summary)

@@ -221,3 +221,10 @@ def test_mlflow_models_serve_answers_and_survives_bad_input(tmp_path, monkeypatc
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+
+
+def test_registered_model_name_comes_from_the_run_tags() -> None:
+    tags = {"dataset": "digits", "arch": "resnet56", "variant": "ic_only", "seed": "0"}
+    assert tracking.registered_model_name(tags) == "sdn-digits-resnet56-ic_only"
+    with pytest.raises(ValueError, match="no tag variant"):
+        tracking.registered_model_name({"dataset": "digits", "arch": "resnet56"})
