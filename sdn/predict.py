@@ -115,8 +115,12 @@ def decode_image(data: bytes, size: int, name: str = "image") -> torch.Tensor:
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"{name}: not an image file PIL can read ({type(err).__name__}: {err})") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name}: not an image file PIL can read (unknown format); send a PNG or JPEG file"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageError(f"{name}: not an image file PIL can read (broken file: {err})") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 

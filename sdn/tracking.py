@@ -1003,8 +1003,8 @@ def _early_exit_model_class() -> type:
                 )
             except ValueError as err:
                 raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
-            frame = pd.DataFrame.from_records([r.record() for r in rows], columns=COLUMNS)
-            return frame.astype(object).where(frame.notna(), None)
+            records = [r.record() for r in rows]  # object columns: integers stay integers, a failed row's are null
+            return pd.DataFrame({name: pd.Series([r[name] for r in records], dtype=object) for name in COLUMNS})
 
     IMAGE_COLUMN_NAME = IMAGE_COLUMN  # noqa: N806 - captured by value when the class is pickled
     COLUMNS = [name for name, _ in OUTPUT_COLUMNS]  # noqa: N806

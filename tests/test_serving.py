@@ -178,7 +178,9 @@ def test_mlflow_models_serve_answers_and_survives_bad_input(tmp_path, monkeypatc
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m"]
     command += ["models:/sdn-synthetic-mobilenet-sdn/1", "--env-manager", "local"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    venv_bin = str(Path(sys.executable).parent)  # `mlflow models serve` runs `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
         server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink, stderr=sink, start_new_session=True)
