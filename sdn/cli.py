@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "calibration",
     "backdoor",
     "gradcam",
+    "predict",
     "report",
     "bench",
     "export",
@@ -171,10 +172,16 @@ def run_tracked(args: argparse.Namespace) -> int:
         summary = out_dir / "summary.json"
         if summary.is_file() and summary.stat().st_mtime >= started - 1:
             run.log_metrics(numeric_leaves(json.loads(summary.read_text())))
+        model = getattr(args, "_mlflow_model", None)  # a command's MLflow model: logged and registered
         for path in sorted(out_dir.rglob("*")):
+            if model is not None and Path(model["path"]) in path.parents:
+                continue  # uploaded as one folder
             if path.is_file() and not path.name.startswith(".") and path.stat().st_mtime >= started - 1:
                 if path.suffix in ARTIFACT_SUFFIXES:
                     run.log_artifact(path)
+        if model is not None:
+            run.set_tags({k: v for k, v in model["tags"].items() if k not in run.tags})
+            run.log_model(model["path"])
         run.set_tags({"exit_code": code})
     return code
 

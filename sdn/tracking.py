@@ -258,6 +258,7 @@ class Run:
             self.tags["sdn.out_dir"] = str(out_dir)
         self.metrics: list[dict[str, Any]] = []
         self.artifacts: list[str] = []
+        self.models: list[dict[str, str]] = []
         self.status = "RUNNING"
         self.start_time = _now_ms()
         self.end_time: int | None = None
@@ -293,6 +294,20 @@ class Run:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.tags.update(clean_tags(tags))
 
+    def log_model(self, path: str | os.PathLike[str]) -> None:
+        """Record an MLflow model folder (:func:`save_pyfunc_model`) to upload with the run and register as
+        :func:`registered_model_name` of the run's tags (a new version per run)."""
+        before = len(self.artifacts)
+        self.log_artifact(path)
+        if len(self.artifacts) == before:
+            return
+        try:
+            name = registered_model_name(self.tags)
+        except ValueError as err:
+            log.warning("MLflow model %s is logged but not registered: %s", path, err)
+            return
+        self.models.append({"path": self.artifacts[-1], "name": name})
+
     def to_journal(self) -> dict[str, Any]:
         return {
             "version": JOURNAL_VERSION,
@@ -304,6 +319,7 @@ class Run:
             "tags": self.tags,
             "metrics": self.metrics,
             "artifacts": self.artifacts,
+            "models": self.models,
             "status": self.status,
             "start_time": self.start_time,
             "end_time": self.end_time,
@@ -801,12 +817,19 @@ def _upload(
         if not path.exists():
             log.warning("artifact %s of run %s is gone; not uploaded", path, run_id)
             continue
-        parent = Path(rel).parent
-        artifact_dir = None if base_dir is None or rel.startswith("..") or parent == Path(".") else parent.as_posix()
+        artifact_dir = _artifact_dir(rel, base_dir)
         if path.is_dir():
             log_dir(str(path), _join(artifact_dir, path.name))
         else:
             log_file(str(path), artifact_dir)
+
+    for model in journal.get("models", []):
+        artifact_path = _join(_artifact_dir(model["path"], base_dir), Path(model["path"]).name)
+        if local_root is not None:  # a path `mlflow models serve` reads without a tracking server
+            source = (local_root / artifact_path).resolve().as_uri()
+        else:
+            source = f"{with_lock_retry(client.get_run, run_id).info.artifact_uri}/{artifact_path}"
+        register_model_version(client, str(model["name"]), source, run_id, tags)
 
     status = journal.get("status", "FINISHED")
     if status == "RUNNING":
@@ -817,6 +840,175 @@ def _upload(
 
 def _join(parent: str | None, name: str) -> str:
     return name if parent is None else f"{parent}/{name}"
+
+
+def _artifact_dir(rel: str, base_dir: Path | None) -> str | None:
+    """The run's artifact folder a journal artifact (relative to ``base_dir``) is uploaded into."""
+    parent = Path(rel).parent
+    return None if base_dir is None or rel.startswith("..") or parent == Path(".") else parent.as_posix()
+
+
+# ----------------------------------------------------------------------------------------------- MLflow models
+
+MODEL_FOLDER = "mlflow_model"
+IMAGE_COLUMN = "image"
+OUTPUT_COLUMNS = (
+    ("source", "string"),
+    ("class_index", "long"),
+    ("class_name", "string"),
+    ("exit_index", "long"),
+    ("exit_name", "string"),
+    ("confidence", "double"),
+    ("cost_fraction", "double"),
+    ("error", "string"),
+)
+REGISTERED_MODEL_TAGS = ("dataset", "arch", "variant")
+
+
+def registered_model_name(tags: Mapping[str, str]) -> str:
+    """``sdn-<dataset>-<arch>-<variant>`` from a run's tags (ValueError naming the tags that are missing)."""
+    missing = [key for key in REGISTERED_MODEL_TAGS if not tags.get(key)]
+    if missing:
+        raise ValueError(f"cannot name the registered model: the run has no tag {', '.join(missing)}")
+    name = "-".join(["sdn", *(str(tags[key]) for key in REGISTERED_MODEL_TAGS)])
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def register_model_version(client: Any, name: str, source: str, run_id: str, tags: Mapping[str, str]) -> str:
+    """Register ``source`` as a version of ``name`` (created, tagged with dataset/arch/variant, when missing),
+    tagged with the run's tags; idempotent per run (the version a run already has is returned)."""
+    try:
+        with_lock_retry(
+            client.create_registered_model,
+            name,
+            tags={k: tags[k] for k in REGISTERED_MODEL_TAGS if k in tags},
+            description="An SDN (Kaya et al., ICML 2019) serving online early exit; see the sdn README.",
+        )
+    except Exception:  # noqa: BLE001 - it exists already (another run, or a race); anything else raises here
+        with_lock_retry(client.get_registered_model, name)
+    found = with_lock_retry(client.search_model_versions, f"name = '{name}' and run_id = '{run_id}'")
+    if found:
+        return str(found[0].version)
+    version = with_lock_retry(
+        client.create_model_version, name, source, run_id=run_id, tags=dict(tags), await_creation_for=0
+    )
+    return str(version.version)
+
+
+def save_pyfunc_model(
+    path: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    *,
+    exit_policy: Mapping[str, Any],
+    preprocess: Mapping[str, Any],
+    example_image: bytes,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an MLflow pyfunc model serving online early exit of ``checkpoint`` to the folder ``path``.
+
+    Input: a column ``image`` of base64-encoded image files; output: one row per image with the columns of
+    ``OUTPUT_COLUMNS`` (``error`` set, the rest null, for an image it cannot take). Inference parameters
+    ``threshold`` and ``policy`` default to ``exit_policy``'s and may be overridden per request. The folder is
+    written under a temporary name and renamed, replacing an older one.
+    """
+    import base64
+    import shutil
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    target = Path(path)
+    threshold = float(exit_policy["threshold"])
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec(kind, name, required=False) for name, kind in OUTPUT_COLUMNS]),
+        params=ParamSchema(
+            [ParamSpec("threshold", "double", threshold), ParamSpec("policy", "string", str(exit_policy["policy"]))]
+        ),
+    )
+    example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_image).decode("ascii")]})
+    temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        mlflow.pyfunc.save_model(
+            str(temporary),
+            python_model=_early_exit_model_class()(),
+            artifacts={"checkpoint": str(checkpoint)},
+            model_config={"exit_policy": dict(exit_policy), "preprocess": dict(preprocess)},
+            signature=signature,
+            input_example=(example, {"threshold": threshold}),
+            pip_requirements=_requirements(),
+            metadata=dict(metadata or {}),
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        temporary.rename(target)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return target
+
+
+def _requirements() -> list[str]:
+    """What the model needs besides the sdn package itself (installed from this repository; the server runs with
+    ``--env-manager local``). Given explicitly: MLflow's inference of them would load the model once more."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("mlflow", "torch", "numpy", "pandas", "pillow"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _early_exit_model_class() -> type:
+    """The PythonModel class (built here, as every mlflow import lives in this module; pickled by value)."""
+    import mlflow.pyfunc
+
+    class SdnEarlyExitModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+        """Online early exit of one SDN (:class:`sdn.predict.Predictor`) on base64-encoded images."""
+
+        def load_context(self, context: Any) -> None:
+            from sdn.exit_policy import ExitPolicy
+            from sdn.predict import Predictor, Preprocess
+
+            config = context.model_config
+            prep = config["preprocess"]
+            self.predictor = Predictor.load(
+                context.artifacts["checkpoint"],
+                exit_policy=ExitPolicy(**config["exit_policy"]),
+                preprocess=Preprocess(
+                    size=int(prep["size"]),
+                    mean=tuple(prep["mean"]),
+                    std=tuple(prep["std"]),
+                    classes=tuple(prep["classes"]),
+                ),
+            )
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads hints
+            import pandas as pd
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            params = params or {}
+            try:
+                if IMAGE_COLUMN_NAME not in getattr(model_input, "columns", ()):
+                    raise ValueError(f"the request has no column {IMAGE_COLUMN_NAME!r} of base64-encoded images")
+                rows = self.predictor.predict_base64(
+                    list(model_input[IMAGE_COLUMN_NAME]),
+                    threshold=params.get("threshold"),
+                    policy=params.get("policy"),
+                )
+            except ValueError as err:
+                raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+            records = [r.record() for r in rows]  # object columns: integers stay integers, a failed row's are null
+            return pd.DataFrame({name: pd.Series([r[name] for r in records], dtype=object) for name in COLUMNS})
+
+    IMAGE_COLUMN_NAME = IMAGE_COLUMN  # noqa: N806 - captured by value when the class is pickled
+    COLUMNS = [name for name, _ in OUTPUT_COLUMNS]  # noqa: N806
+    return SdnEarlyExitModel
 
 
 # ----------------------------------------------------------------------------------------------- sync

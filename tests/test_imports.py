@@ -28,6 +28,8 @@ FLOORS: list[tuple[str, ...]] = [  # top first; a module may import its own floo
         "sdn.analysis",
         "sdn.report",
         "sdn.tracking",
+        "sdn.predict",
+        "sdn.exit_policy",
     ),
     ("sdn.checkpoint", "sdn.outputs", "sdn.data", "sdn.config", "sdn.config_checks"),
     ("sdn.models",),

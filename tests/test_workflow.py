@@ -220,6 +220,20 @@ def check_mlflow_runs(store: Path, expected_jobs: int) -> None:
         trained = [t for t in tags if t.get("rule") == "train" and t.get("variant") == "cnn"]
         assert sorted(t["arch"] for t in trained) == ["mobilenet", "resnet56"]
         assert all(run["info"]["status"] == "FINISHED" for run in runs)
+        # every trained SDN (IC-only and SDN training) is a registered model, its version logged by the early exit
+        with urllib.request.urlopen(f"{base}/registered-models/search?max_results=100", timeout=30) as response:
+            models = json.loads(response.read()).get("registered_models", [])
+        expected = [
+            f"sdn-digits-{arch}-{variant}" for arch in ("mobilenet", "resnet56") for variant in ("ic_only", "sdn")
+        ]
+        assert sorted(m["name"] for m in models) == expected
+        early_exit_runs = {
+            r["info"]["run_id"] for r, t in zip(runs, tags, strict=True) if t.get("rule") == "early_exit"
+        }
+        with urllib.request.urlopen(f"{base}/model-versions/search?max_results=100", timeout=30) as response:
+            versions = json.loads(response.read()).get("model_versions", [])
+        assert sorted(v["name"] for v in versions) == expected  # one version each
+        assert {v["run_id"] for v in versions} <= early_exit_runs
     finally:
         server.terminate()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ HELP = (
 )
 
 log = logging.getLogger(__name__)
+MODEL_FOLDER = "mlflow_model"  # sdn.tracking.MODEL_FOLDER (not imported here: the parser must stay light)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -52,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split-choose", default="holdout", help="split the thresholds are chosen on")
     parser.add_argument("--split-report", default="test", help="split the chosen thresholds are reported on")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the SDN's model.pt: also write it as an MLflow model at the tolerance-rule confidence threshold "
+        f"(OUT/{MODEL_FOLDER}; logged with the run and registered as sdn-<dataset>-<arch>-<variant>)",
+    )
+    parser.add_argument("--data", type=Path, help="prepared data folder (for checkpoints without normalisation)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +75,52 @@ def run(args: argparse.Namespace) -> int:
         split_choose=args.split_choose,
         split_report=args.split_report,
     )
+    if args.checkpoint is not None:
+        args._mlflow_model = write_mlflow_model(args.checkpoint, args.out, data_dir=args.data)
     return 0
+
+
+def write_mlflow_model(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = None) -> dict[str, Any] | None:
+    """Write ``out_dir/mlflow_model``: the pyfunc model of ``checkpoint`` at the confidence threshold the tolerance
+    rule chose (summary.json in ``out_dir``). Returns what the tracked run logs and registers (None: no mlflow)."""
+    import io
+
+    from PIL import Image
+
+    from sdn import exit_policy
+    from sdn.checkpoint import read_meta
+    from sdn.io import read_json
+    from sdn.predict import Predictor
+    from sdn.tracking import save_pyfunc_model
+
+    summary = Path(out_dir) / "summary.json"
+    policies = list(read_json(summary)["policies"])
+    name = exit_policy.DEFAULT_POLICY if exit_policy.DEFAULT_POLICY in policies else policies[0]
+    try:
+        policy = exit_policy.from_summary(summary, name)
+    except ValueError as err:
+        log.warning("no MLflow model written: %s", err)
+        return None
+    predictor = Predictor.load(checkpoint, exit_policy=policy, data_dir=data_dir)
+    size = predictor.preprocess.size
+    example = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 128, 128)).save(example, format="PNG")
+    try:
+        folder = save_pyfunc_model(
+            Path(out_dir) / MODEL_FOLDER,
+            checkpoint,
+            exit_policy=policy.record(),
+            preprocess=dataclasses.asdict(predictor.preprocess),
+            example_image=example.getvalue(),
+            metadata={"checkpoint": str(checkpoint), "sdn_exit_policy": policy.record()},
+        )
+    except ImportError as err:
+        log.warning("no MLflow model written (%s); install mlflow to package the model", err)
+        return None
+    meta = read_meta(Path(checkpoint).parent) if (Path(checkpoint).parent / "meta.json").is_file() else {}
+    tags = {key: meta.get(key) for key in ("dataset", "arch", "seed", "variant") if meta.get(key) is not None}
+    log.info("MLflow model of %s written to %s", checkpoint, folder)
+    return {"path": folder, "tags": tags}
 
 
 def write_early_exit(

@@ -3,8 +3,7 @@
 
 rule early_exit:
     input:
-        outputs=f"{RUN}/outputs.npz",
-        cnn=f"{run_dir('cnn')}/outputs.npz",
+        unpack(early_exit_inputs),
     output:
         summary=f"{RUN}/analysis/early_exit/summary.json",
         figure=report(
@@ -17,6 +16,11 @@ rule early_exit:
         f"{LOGS}/early_exit/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
     params:
         options=early_exit_options(),
+        model=lambda wildcards, input: (
+            f" --checkpoint {shlex.quote(input.model)} --data {shlex.quote(os.path.dirname(input.data))}"
+            if "model" in input.keys()
+            else ""
+        ),
         out=lambda wildcards, output: os.path.dirname(output.summary),
         env=job_env("early_exit"),
     threads: 1
@@ -26,7 +30,7 @@ rule early_exit:
         CONDA_ENV
     shell:
         "{params.env} sdn early-exit --outputs {input.outputs:q} --cnn-outputs {input.cnn:q} --out {params.out:q}"
-        " {params.options} > {log:q} 2>&1"
+        " {params.options}{params.model} > {log:q} 2>&1"
 
 
 rule overthinking:

@@ -191,6 +191,15 @@ def train_inputs(wildcards) -> dict[str, str]:
     return {key: path.format(**wildcards) for key, path in inputs.items()}
 
 
+def early_exit_inputs(wildcards) -> dict[str, str]:
+    """The outputs analysed and the CNN's; with a checkpoint (not in published mode) also the model and its
+    data's meta.json: the job packages the model as an MLflow model at the chosen threshold and registers it."""
+    inputs = {"outputs": f"{RUN}/outputs.npz", "cnn": f"{run_dir('cnn')}/outputs.npz"}
+    if not PUBLISHED:
+        inputs |= {"model": f"{RUN}/model.pt", "data": f"{DATA['clean']}/meta.json"}
+    return {name: path.format(**wildcards) for name, path in inputs.items()}
+
+
 def evaluate_inputs(wildcards) -> dict[str, str]:
     """The model.pt of a variant and the prepared data it is evaluated on (meta.json and every evaluated split)."""
     on = VARIANTS[wildcards.variant]["evaluate_on"]
