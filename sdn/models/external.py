@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from sdn.models.multiexit import BackboneParts
-from sdn.models.registry import ArchSpec
+from sdn.models.registry import ArchSpec, register_resolver
 
 SOURCES = ("torchvision", "timm")
 PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)  # exits "paper" on these networks: the paper's cost fractions
@@ -481,3 +481,5 @@ register_family("timm-vit", _is_timm_vit, _split_timm_vit)
 register_family("torchvision-vit", _is_torchvision_vit, _split_torchvision_vit)
 register_family("features", _is_features, _split_features)
 register_family("resnet", _is_resnet, _split_resnet)
+for _source in SOURCES:
+    register_resolver(_source, external_spec)

@@ -43,6 +43,12 @@ class ArchSpec:
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
+_RESOLVERS: dict[str, Callable[[str], ArchSpec]] = {}  # "torchvision" -> resolver of "torchvision/<name>"
+
+
+def register_resolver(source: str, resolve: Callable[[str], ArchSpec]) -> None:
+    """Names ``<source>/<model>`` are looked up by ``resolve(name)`` (sdn.models.external registers its two)."""
+    _RESOLVERS[source] = resolve
 
 
 def register(spec: ArchSpec) -> ArchSpec:
@@ -60,10 +66,9 @@ def get_spec(name: str) -> ArchSpec:
     """The spec of a registered name, or of ``torchvision/<builder>`` / ``timm/<name>`` (resolved on first use)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if "/" in name:
-        from sdn.models.external import external_spec
-
-        return external_spec(name)
+    source = name.partition("/")[0]
+    if "/" in name and source in _RESOLVERS:
+        return _RESOLVERS[source](name)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ValueError(
