@@ -483,3 +483,17 @@ register_family("features", _is_features, _split_features)
 register_family("resnet", _is_resnet, _split_resnet)
 for _source in SOURCES:
     register_resolver(_source, external_spec)
+
+
+def original_state_dict(
+    name: str, state: dict[str, torch.Tensor], *, num_classes: int, input_size: int
+) -> dict[str, torch.Tensor]:
+    """The weights of a trained multi-exit ``name`` (a ``model.pt`` state dict) in the original network's own key
+    layout, exits dropped: what ``weights:`` loads (e.g. ``torch.save(original_state_dict(...), 'net.pth')``)."""
+    from sdn.models.multiexit import BACKBONE_PREFIXES, MultiExitNet
+
+    with torch.random.fork_rng(devices=[]):
+        original = instantiate(name, num_classes=num_classes, input_size=input_size)
+    cnn = MultiExitNet(split_model(original, name), num_classes=num_classes, input_size=input_size)
+    cnn.load_state_dict({k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIXES)}, strict=True)
+    return {k: v.detach().clone() for k, v in original.state_dict().items()}
