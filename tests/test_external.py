@@ -179,3 +179,13 @@ def test_ic_only_on_pretrained_local_weights_keeps_backbone_bit_identical(tiny, 
 
     model, meta = load_checkpoint(model_pt)
     assert meta["weights"] == str(path) and model.exit_positions == (1, 3, 5)
+
+
+@pytest.mark.parametrize("name", ["torchvision/resnet18", "timm/deit_tiny_patch16_224", "torchvision/swin_t"])
+def test_grad_cam_finds_target_layers_for_these_families(name: str) -> None:
+    from sdn.analysis.gradcam import grad_cam
+
+    torch.manual_seed(0)
+    model = create(name, num_classes=3, input_size=32, exits=[1])
+    maps = grad_cam(model, torch.randn(2, 3, 32, 32), exit_index=0)
+    assert maps.shape == (2, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0

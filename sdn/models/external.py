@@ -77,8 +77,9 @@ def families() -> list[str]:
 
 
 def parse_name(name: str) -> tuple[str, str]:
-    """``"torchvision/resnet18"`` -> ("torchvision", "resnet18"); other prefixes are refused."""
-    source, _, model = name.partition("/")
+    """``"torchvision/resnet18"`` (or ``"torchvision.resnet18"``, usable as a folder name) -> ("torchvision",
+    "resnet18"); other prefixes are refused."""
+    source, _, model = name.partition("/") if "/" in name else name.partition(".")
     if source not in SOURCES or not model:
         raise ValueError(
             f"unknown architecture {name!r}: name external networks torchvision/<builder> or timm/<name>"
@@ -95,9 +96,10 @@ def _import_timm() -> Any:
 
 
 def _unknown(name: str, known: Sequence[str], listing: str) -> ValueError:
-    close = difflib.get_close_matches(name.partition("/")[2], list(known), n=5, cutoff=0.6)
-    source = name.partition("/")[0]
-    hint = f"; close matches: {', '.join(f'{source}/{c}' for c in close)}" if close else ""
+    separator = "/" if "/" in name else "."
+    source, _, model = name.partition(separator)
+    close = difflib.get_close_matches(model, list(known), n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(f'{source}{separator}{c}' for c in close)}" if close else ""
     return ValueError(f"unknown architecture {name!r}{hint} ({listing})")
 
 

@@ -63,11 +63,12 @@ def list_archs() -> list[str]:
 
 
 def get_spec(name: str) -> ArchSpec:
-    """The spec of a registered name, or of ``torchvision/<builder>`` / ``timm/<name>`` (resolved on first use)."""
+    """The spec of a registered name, or of ``torchvision/<builder>`` / ``timm/<name>`` (resolved on first use;
+    ``torchvision.<builder>`` / ``timm.<name>`` is the same network under a name that is also a folder name)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    source = name.partition("/")[0]
-    if "/" in name and source in _RESOLVERS:
+    source = name.partition("/")[0] if "/" in name else name.partition(".")[0]
+    if source in _RESOLVERS and source != name:
         return _RESOLVERS[source](name)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
