@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from torch import nn
 from sdn.models.multiexit import BackboneParts
 from sdn.models.registry import ArchSpec, register_resolver
 
+log = logging.getLogger(__name__)
 SOURCES = ("torchvision", "timm")
 PAPER_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)  # exits "paper" on these networks: the paper's cost fractions
 EXTERNAL_WEIGHT_DECAY = 1e-4
@@ -263,6 +265,14 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], name: str, wha
             f"wrong shape {shapes} ({len(wrong_shape)})"
         )
     model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=False)
+    if resized:
+        log.warning(
+            "%s: %s has a classifier of another size; %s starts fresh for this data set (fine-tune it with the "
+            "cnn or sdn recipe: IC-only training keeps it frozen)",
+            name,
+            what,
+            head,
+        )
 
 
 # ---------------------------------------------------------------- splitting
