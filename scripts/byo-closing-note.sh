@@ -13,7 +13,7 @@ mkdir -p "$WORK"
 $PY -m sdn prepare-data --dataset imagefolder --local-path "$SRC" --out "$WORK/data" \
   --max-train "${SDN_MAX_TRAIN:-4000}" --holdout "${SDN_HOLDOUT:-1000}" --max-test "${SDN_MAX_TEST:-2000}"
 $PY -m sdn train --recipe cnn --arch "$ARCH" --data "$WORK/data" --out "$WORK/cnn" --device cpu \
-  --epochs "${SDN_CNN_EPOCHS:-6}"
+  --epochs "${SDN_CNN_EPOCHS:-6}" ${SDN_CNN_ARGS:-}
 $PY - "$ARCH" "$WORK" <<'PYEOF'
 import sys
 import torch
@@ -26,7 +26,7 @@ torch.save(weights, f"{work}/pretrained.pth")
 print(f"{work}/pretrained.pth: {len(weights)} tensors in the original network's key layout")
 PYEOF
 $PY -m sdn train --recipe ic_only --arch "$ARCH" --data "$WORK/data" --out "$WORK/ic_only" --device cpu \
-  --weights "$WORK/pretrained.pth" --epochs "${SDN_IC_EPOCHS:-4}" --exits "${SDN_EXITS:-paper}"
+  --weights "$WORK/pretrained.pth" --epochs "${SDN_IC_EPOCHS:-4}" --exits "${SDN_EXITS:-paper}" ${SDN_IC_ARGS:-}
 for v in cnn ic_only; do
   $PY -m sdn evaluate --checkpoint "$WORK/$v/model.pt" --data "$WORK/data" --out "$WORK/$v/eval/outputs.npz" --device cpu
 done
