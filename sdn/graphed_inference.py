@@ -67,7 +67,10 @@ class _Replayable:
 
 
 def fused_exit_logits(head: InternalClassifier, alpha: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
-    """``head(h)`` in eval mode with fewer kernels: ``alpha*max + (1-alpha)*avg`` as one lerp (``alpha`` given)."""
+    """``head(h)`` in eval mode with fewer kernels: ``alpha*max + (1-alpha)*avg`` as one lerp (``alpha`` given).
+    Other heads (token or channels-last ICs) are simply called."""
+    if not isinstance(head, InternalClassifier):
+        return head(h)
     if isinstance(head.pool, MixedPool):
         assert alpha is not None
         h = torch.lerp(head.pool.avg_pool(h), head.pool.max_pool(h), alpha)
@@ -101,7 +104,8 @@ class GraphedEarlyExit:
         self.use_graphs = use_graphs
         self.static_input = example.clone()
         self.alphas = [
-            head.pool.alpha.detach().clone() if isinstance(head.pool, MixedPool) else None for head in model.exits
+            head.pool.alpha.detach().clone() if isinstance(getattr(head, "pool", None), MixedPool) else None
+            for head in model.exits
         ]
         batch = example.shape[0]
         self.host_copy = False

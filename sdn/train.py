@@ -49,10 +49,15 @@ RESUME_KEYS = (
     "exit_positions",
     "max_train_samples",
     "parent",
+    "weights",
     "ic_input",
     "alpha_mode",
 )
-RESUME_DEFAULTS = {"ic_input": DEFAULT_IC_INPUT, "alpha_mode": "bounded"}  # what a last.pt without the key used
+RESUME_DEFAULTS = {
+    "ic_input": DEFAULT_IC_INPUT,
+    "alpha_mode": "bounded",
+    "weights": None,
+}  # what a last.pt without the key used
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,20 @@ def build_model(
     exits: str | Sequence[int] = "paper",
     ic_input: str = DEFAULT_IC_INPUT,
     alpha_mode: str = "bounded",
+    weights: str | None = None,
 ) -> MultiExitNet:
-    """The network for ``recipe``: the plain CNN for ``cnn``, the backbone with exits otherwise."""
+    """The network for ``recipe``: the plain CNN for ``cnn``, the backbone with exits otherwise; ``weights``
+    (torchvision/timm networks) are loaded into the backbone."""
     if recipe.kind == "cnn":
         exits = "none"
     model = create(
-        arch, num_classes=num_classes, input_size=input_size, exits=exits, ic_input=ic_input, alpha_mode=alpha_mode
+        arch,
+        num_classes=num_classes,
+        input_size=input_size,
+        exits=exits,
+        ic_input=ic_input,
+        alpha_mode=alpha_mode,
+        weights=weights,
     )
     if recipe.kind != "cnn" and model.num_exits < 2:
         raise ValueError(f"recipe {recipe.kind!r} needs internal classifiers, but exits={exits!r} gives none")
@@ -354,8 +367,12 @@ def train(
     ic_input: str = DEFAULT_IC_INPUT,
     alpha_mode: str = "bounded",
     force_data_mismatch: bool = False,
+    weights: str | None = None,
 ) -> Path:
     """Train ``arch`` with ``recipe`` on the prepared data in ``data_dir``; return ``out_dir/model.pt``.
+
+    ``weights`` (torchvision/timm networks): pretrained backbone weights, a local state-dict file or a hub name;
+    with ``ic_only`` they replace ``parent`` (the paper's off-the-shelf conversion: the backbone stays frozen).
 
     Writes ``out_dir/last.pt`` after every epoch and resumes from it when present (same arch/recipe/seed/...,
     else ValueError). At the end writes ``model.pt``, ``meta.json`` and ``history.csv`` and removes ``last.pt``.
@@ -364,8 +381,13 @@ def train(
     from sdn.data import TensorSplit, load_prepared
     from sdn.device import resolve_device
 
-    if recipe.kind == "ic_only" and parent is None:
-        raise ValueError("recipe 'ic_only' needs --parent (the trained cnn model.pt whose backbone it freezes)")
+    if recipe.kind == "ic_only" and parent is None and weights is None:
+        raise ValueError(
+            "recipe 'ic_only' needs --parent (the trained cnn model.pt whose backbone it freezes) or, for a "
+            "torchvision/timm network, --weights (pretrained backbone weights)"
+        )
+    if parent is not None and weights is not None:
+        raise ValueError("give --parent or --weights, not both (the parent's backbone would replace the weights)")
     if recipe.kind != "ic_only" and parent is not None:
         raise ValueError(f"--parent is only used by the ic_only recipe, not {recipe.kind!r}")
     if max_train_samples is not None and max_train_samples < 1:
@@ -394,9 +416,11 @@ def train(
         exits=exits,
         ic_input=ic_input,
         alpha_mode=alpha_mode,
+        weights=weights,
     )
     if parent is not None:
         load_parent(model, parent, arch, data, force_data_mismatch)
+    if recipe.kind == "ic_only":
         freeze_backbone(model)
     model.to(target)
     if options.channels_last:
@@ -411,6 +435,7 @@ def train(
         "exit_positions": list(model.exit_positions),
         "max_train_samples": max_train_samples,
         "parent": str(parent) if parent is not None else None,
+        "weights": weights,
         "ic_input": ic_input,
         "alpha_mode": alpha_mode,
         "data": data.identity(),

@@ -11,6 +11,7 @@ block's output, which is what the exit actually sees).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,22 @@ def exit_target_layer(model: MultiExitNet, exit_index: int) -> nn.Module:
     return model.blocks[model.exit_positions[index]]
 
 
+def feature_map_transform(layout: str) -> Any:
+    """How a block's output becomes a (B, C, H, W) map for Grad-CAM: None for maps; channels-last maps are permuted;
+    token sequences lose their extra (class/register) tokens and are laid out on the square patch grid."""
+    if layout == "hwc":
+        return lambda x: x.permute(0, 3, 1, 2)
+    if layout != "tokens":
+        return None
+
+    def tokens_to_map(x: torch.Tensor) -> torch.Tensor:
+        side = int(math.isqrt(x.shape[1]))
+        patches = x[:, x.shape[1] - side * side :]
+        return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+
+    return tokens_to_map
+
+
 def grad_cam(
     model: MultiExitNet, images: torch.Tensor, exit_index: int, target_classes: list[int] | None = None
 ) -> np.ndarray:
@@ -67,7 +84,10 @@ def grad_cam(
     targets = None if target_classes is None else [ClassifierOutputTarget(int(c)) for c in target_classes]
     # The input takes part in the graph, so the target activations carry gradients even if weights are frozen.
     inputs = images.detach().clone().requires_grad_(True)
-    with GradCAM(model=wrapper, target_layers=[exit_target_layer(model, exit_index)]) as cam:
+    reshape = feature_map_transform(getattr(model, "layout", "chw"))
+    with GradCAM(
+        model=wrapper, target_layers=[exit_target_layer(model, exit_index)], reshape_transform=reshape
+    ) as cam:
         maps = cam(input_tensor=inputs, targets=targets)
     model.zero_grad(set_to_none=True)
     return np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0)

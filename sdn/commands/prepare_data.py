@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local-path", default=None, help="tinyimagenet: local zip or extracted folder; imagefolder: its root"
     )
+    folder = parser.add_argument_group("imagefolder data set")
+    folder.add_argument(
+        "--image-size", type=int, default=None, help="scale (shorter side) and centre-crop every image to this size"
+    )
+    folder.add_argument(
+        "--test-fraction", type=float, default=None, help="no test/ folder: this fraction of train/ becomes the test"
+    )
     synthetic = parser.add_argument_group("synthetic data set")
     synthetic.add_argument("--num-classes", type=int, default=4)
     synthetic.add_argument("--input-size", type=int, default=32)
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         holdout=args.holdout,
         holdout_from=args.holdout_from,
+        image_size=args.image_size,
+        test_fraction=args.test_fraction,
         seed=args.seed,
         max_train=args.max_train,
         max_test=args.max_test,

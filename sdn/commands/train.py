@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder: model.pt, meta.json, history.csv")
     parser.add_argument("--parent", type=Path, help="trained cnn model.pt (required by --recipe ic_only)")
     parser.add_argument(
+        "--weights",
+        help="torchvision/timm networks: pretrained weights, a local state-dict file of the original network or a "
+        "hub name (DEFAULT, IMAGENET1K_V1, ...); with --recipe ic_only they replace --parent",
+    )
+    parser.add_argument(
         "--force-data-mismatch",
         action="store_true",
         help="use --parent even if it was trained with other held-out/test splits than --data's",
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "ic_input": args.ic_input,
         "alpha_mode": args.alpha_mode,
         "parent": str(args.parent) if args.parent else None,
+        "weights": args.weights,
         "max_train_samples": args.max_train_samples,
         **{f"recipe.{k}": v for k, v in recipe.to_dict().items()},
     }
@@ -142,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             ic_input=args.ic_input,
             alpha_mode=args.alpha_mode,
             force_data_mismatch=args.force_data_mismatch,
+            weights=args.weights,
             on_epoch=lambda epoch, metrics: tracked.log_metrics(epoch_metrics(metrics), step=epoch),
         )
         meta = read_meta(model_path.parent)

@@ -128,27 +128,45 @@ class ArraySource:
 
 @dataclass
 class FileSource:
-    """Image files decoded with PIL (converted to RGB); every image must be ``size`` x ``size``."""
+    """Image files decoded with PIL (converted to RGB). Every image must be ``size`` x ``size``, or with ``resize``
+    is scaled (shorter side to ``size``, bilinear) and centre-cropped to it."""
 
     paths: list[Path]
     labels: torch.Tensor
     size: int
+    resize: bool = False
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
-        from PIL import Image
-
         out = torch.empty((len(indices), 3, self.size, self.size), dtype=torch.uint8)
         for row, index in enumerate(indices.tolist()):
             path = self.paths[index]
-            with Image.open(path) as image:
-                pixels = np.array(image.convert("RGB"))
+            pixels = read_image(path, self.size if self.resize else None)
             if pixels.shape[:2] != (self.size, self.size):
                 raise ValueError(
                     f"{path} is {pixels.shape[1]}x{pixels.shape[0]}; every image of this data set must be "
-                    f"{self.size}x{self.size}"
+                    f"{self.size}x{self.size} (or set image_size / --image-size to resize and crop them)"
                 )
             out[row] = torch.from_numpy(pixels).permute(2, 0, 1)
         return out
+
+
+def read_image(path: Path, size: int | None = None) -> np.ndarray:
+    """``path`` as an RGB uint8 array (H, W, 3); with ``size`` scaled (shorter side) and centre-cropped to it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"cannot read image {path} ({error}); remove or replace the file") from error
+    if size is not None:
+        width, height = rgb.size
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        rgb = rgb.crop((left, top, left + size, top + size))
+    return np.array(rgb)
 
 
 @dataclass
@@ -198,8 +216,13 @@ def load_raw(
     local_path: str | os.PathLike[str] | None = None,
     checksum: str | None = None,
     synthetic: SyntheticSpec | None = None,
+    image_size: int | None = None,
+    test_fraction: float | None = None,
 ) -> RawDataset:
-    """The raw train/test sources of data set ``name`` (see module docstring)."""
+    """The raw train/test sources of data set ``name`` (see module docstring). ``image_size`` and
+    ``test_fraction``: imagefolder only (see :func:`imagefolder`)."""
+    if (image_size is not None or test_fraction is not None) and name != "imagefolder":
+        raise ValueError(f"image_size and test_fraction apply to imagefolder data sets, not {name!r}")
     check_name(name)
     root = Path(data_root)
     if name in ("cifar10", "cifar100"):
@@ -207,7 +230,8 @@ def load_raw(
     if name == "tinyimagenet":
         return _tinyimagenet(root, url=url or TINY_IMAGENET_URL, local_path=local_path, checksum=checksum)
     if name == "imagefolder":
-        return _imagefolder(Path(local_path) if local_path is not None else root)
+        folder = Path(local_path) if local_path is not None else root
+        return imagefolder(folder, image_size=image_size, test_fraction=test_fraction)
     if name == "digits":
         return _digits()
     return _synthetic(synthetic or SyntheticSpec())
@@ -331,47 +355,82 @@ def _read_tiny_folder(folder: Path, *, source: dict[str, Any]) -> RawDataset:
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _imagefolder(root: Path) -> RawDataset:
+def imagefolder(root: Path, *, image_size: int | None = None, test_fraction: float | None = None) -> RawDataset:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or, with ``test_fraction``, only ``train/``: every
+    ``round(1/test_fraction)``-th image of each class, in sorted order, becomes the test split). Images of any size
+    with ``image_size`` (scaled and centre-cropped to it); without it they must be square and all one size."""
     if not root.is_dir():
         raise FileNotFoundError(f"imagefolder data root {root} does not exist (it needs train/ and test/ folders)")
+    if image_size is not None and image_size < 4:
+        raise ValueError(f"imagefolder image_size must be at least 4 pixels, got {image_size}")
+    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"imagefolder test_fraction must lie in (0, 1), got {test_fraction}")
     splits = {}
-    for split in ("train", "test"):
+    for split in ("train", "test") if test_fraction is None else ("train",):
         folder = root / split
         if not folder.is_dir():
+            hint = " or set test_fraction (--test-fraction) to split train/" if split == "test" else ""
             raise FileNotFoundError(
-                f"imagefolder split folder {folder} is missing (need {root}/train and {root}/test)"
+                f"imagefolder split folder {folder} is missing (need {root}/train and {root}/test{hint})"
             )
         splits[split] = _scan_folder(folder)
+    if test_fraction is not None:
+        splits["train"], splits["test"] = _split_every_nth(*splits["train"], round(1 / test_fraction))
     train_classes, test_classes = splits["train"][0], splits["test"][0]
     if train_classes != test_classes:
         raise ValueError(
             f"{root}: train/ and test/ have different class folders: {list(train_classes)} vs {list(test_classes)}"
         )
-    first = splits["train"][1][0]
-    from PIL import Image
-
-    with Image.open(first) as image:
-        width, height = image.size
-    if width != height:
-        raise ValueError(f"{first} is {width}x{height}; imagefolder images must be square and all the same size")
+    size = image_size
+    if size is None:
+        first = splits["train"][1][0]
+        height, width = read_image(first).shape[:2]
+        if width != height:
+            raise ValueError(
+                f"{first} is {width}x{height}; imagefolder images must be square and all the same size, "
+                "or set image_size (--image-size) to resize and crop them"
+            )
+        size = width
 
     def source(paths: list[Path], labels: list[int]) -> FileSource:
-        return FileSource(paths, torch.tensor(labels, dtype=torch.int64), width)
+        return FileSource(paths, torch.tensor(labels, dtype=torch.int64), size, resize=image_size is not None)
 
     return RawDataset(
         name="imagefolder",
         classes=train_classes,
-        input_size=width,
+        input_size=size,
         train=source(*splits["train"][1:]),
         test=source(*splits["test"][1:]),
         source={"kind": "imagefolder", "root": str(root.resolve())},
     )
 
 
+def _split_every_nth(
+    classes: tuple[str, ...], paths: list[Path], labels: list[int], every: int
+) -> tuple[tuple[tuple[str, ...], list[Path], list[int]], tuple[tuple[str, ...], list[Path], list[int]]]:
+    seen: dict[int, int] = {}
+    train: tuple[list[Path], list[int]] = ([], [])
+    test: tuple[list[Path], list[int]] = ([], [])
+    for path, label in zip(paths, labels, strict=True):
+        seen[label] = seen.get(label, 0) + 1
+        target = test if seen[label] % every == 0 else train
+        target[0].append(path)
+        target[1].append(label)
+    empty = [classes[c] for c in range(len(classes)) if c not in test[1] or c not in train[1]]
+    if empty:
+        raise ValueError(f"test_fraction leaves class(es) {empty} without train or test images; add images")
+    return (classes, *train), (classes, *test)
+
+
 def _scan_folder(folder: Path) -> tuple[tuple[str, ...], list[Path], list[int]]:
     classes = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
     if not classes:
         raise FileNotFoundError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image files>)")
+    if len(classes) < 2:
+        raise ValueError(
+            f"{folder} has one class folder ({classes[0]}); a classifier needs at least two: "
+            f"add {folder}/<another class>/ with images"
+        )
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):

@@ -150,6 +150,8 @@ def prepare(
     checksum: str | None = None,
     synthetic: SyntheticSpec | None = None,
     holdout_from: str = "train",
+    image_size: int | None = None,
+    test_fraction: float | None = None,
 ) -> Path:
     """Prepare data set ``name`` into ``out_dir`` and return ``out_dir``; reuse it when its request matches.
 
@@ -157,6 +159,8 @@ def prepare(
     both subsample seeded and stratified. ``holdout``: see :func:`sdn.data.splits.holdout_size`.
     ``holdout_from="test"`` trains on the whole training pool and carves the held-out split from the test set
     instead (the reported test split is the rest of it, disjoint from the held-out images).
+    ``image_size`` / ``test_fraction`` (imagefolder): resize and crop images of any size; split train/ when
+    there is no test/. Every image is decoded before any file is written (an unreadable one leaves nothing).
     """
     if holdout_from not in ("train", "test"):
         raise ValueError(f"holdout_from must be 'train' or 'test', got {holdout_from!r}")
@@ -166,11 +170,23 @@ def prepare(
     request = _request(name, data_root, holdout, seed, max_train, max_test, normalization, local_path, synthetic)
     if holdout_from != "train":  # absent by default: folders prepared before the option stay current
         request["holdout_from"] = holdout_from
+    for key, value in (("image_size", image_size), ("test_fraction", test_fraction)):
+        if value is not None:  # absent by default, as holdout_from
+            request[key] = value
     if _is_current(out, request):
         log.info("prepared data at %s is up to date", out)
         return out
 
-    raw = load_raw(name, data_root=data_root, url=url, local_path=local_path, checksum=checksum, synthetic=synthetic)
+    raw = load_raw(
+        name,
+        data_root=data_root,
+        url=url,
+        local_path=local_path,
+        checksum=checksum,
+        synthetic=synthetic,
+        image_size=image_size,
+        test_fraction=test_fraction,
+    )
     pool = subsample(raw.train.labels, max_train, seed, stream=1)
     test_idx = subsample(raw.test.labels, max_test, seed, stream=2)
     held = raw.test if holdout_from == "test" else raw.train
@@ -185,6 +201,7 @@ def prepare(
 
     log.info("decoding %s: %d train, %d holdout, %d test", name, len(train_idx), len(hold_idx), len(test_idx))
     train_images = raw.train.load(train_idx)
+    hold_images, test_images = held.load(hold_idx), raw.test.load(test_idx)  # decode all before writing any
     fixed = stats_for(name, normalization)
     mean, std = fixed if fixed is not None else compute_stats(train_images)
     crop_padding, color_jitter = augmentation_params(name, raw.input_size)
@@ -193,8 +210,8 @@ def prepare(
     meta_file.unlink(missing_ok=True)  # the folder is untrusted until the new meta.json lands
     _save_split(out / "train.pt", train_images, raw.train.labels[train_idx], train_idx)
     del train_images
-    _save_split(out / "holdout.pt", held.load(hold_idx), held.labels[hold_idx], hold_idx)
-    _save_split(out / "test.pt", raw.test.load(test_idx), raw.test.labels[test_idx], test_idx)
+    _save_split(out / "holdout.pt", hold_images, held.labels[hold_idx], hold_idx)
+    _save_split(out / "test.pt", test_images, raw.test.labels[test_idx], test_idx)
     meta = {
         "dataset": name,
         "num_classes": raw.num_classes,

@@ -4,7 +4,10 @@ Importing the package registers the built-in backbones (``sdn.models.builtin``),
 complete before anyone looks a name up.
 """
 
-from sdn.models import builtin  # noqa: F401  (registers vgg16bn, resnet56, wrn32_4, mobilenet)
+from sdn.models import (
+    builtin,  # noqa: F401  (registers vgg16bn, resnet56, wrn32_4, mobilenet)
+    external,  # noqa: F401  (resolves torchvision/<builder> and timm/<name>)
+)
 from sdn.models.exits import InternalClassifier, MixedPool
 from sdn.models.factory import create
 from sdn.models.multiexit import BackboneParts, MultiExitNet

@@ -7,7 +7,9 @@ Conventions (spec §1.5):
 * ``ops``: the paper's count, from forward hooks on the leaf modules: Conv2d k*k*Cin/g muls + (k*k*Cin/g - 1)
   adds (+1 with bias) per output element; Linear in muls + (in - 1) adds per output element; BatchNorm 2 per
   input element; ReLU 1 per element; MaxPool k*k - 1 and AvgPool k*k per output element; Dropout, Flatten,
-  identity and the IC's alpha mixing nothing.
+  identity and the IC's alpha mixing nothing. For torchvision/timm networks (not in the paper): other activations
+  (GELU, SiLU, Hardswish, ...) 1 per element, LayerNorm/GroupNorm 5 per input element, and
+  :class:`nn.MultiheadAttention` as one unit, 2 ops per MAC of its projections and attention products.
 
   ``convention="paper"`` (default) also reproduces the original profiler's grouped-convolution count: it
   multiplies a grouped conv's per-element ops by ``groups``, so a depthwise conv costs as much as a dense one.
@@ -29,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdn.models.multiexit import MultiExitNet
@@ -37,7 +40,14 @@ OpsConvention = Literal["paper", "exact"]
 CONVENTIONS: tuple[str, ...] = ("paper", "exact")
 
 _FREE_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Flatten, nn.Identity)
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+_FREE_NAMES = frozenset(
+    {"Permute", "StochasticDepth", "DropPath", "ClassToken"}
+)  # torchvision/timm reshuffles, train-only drops
+_ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+)  # fmt: skip
+_ELEMENTWISE_NAMES = frozenset({"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "HardSigmoid", "Mish"})  # timm
+_NORM_PER_ELEMENT = 5  # LayerNorm/GroupNorm: mean, variance, normalise, scale, shift
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ def module_ops(module: nn.Module, inputs: tuple[Any, ...], output: Any, conventi
         return output.numel() * (2 * module.in_features - 1)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return 2 * inputs[0].numel()
-    if isinstance(module, _ELEMENTWISE):
+    if isinstance(module, _ELEMENTWISE) or type(module).__name__ in _ELEMENTWISE_NAMES:
         return output.numel()
     if isinstance(module, nn.MaxPool2d):
         return output.numel() * (_pool_kernel_area(module.kernel_size) - 1)
@@ -121,21 +131,51 @@ def module_ops(module: nn.Module, inputs: tuple[Any, ...], output: Any, conventi
         out_h, out_w = output.shape[-2:]
         area = -(-in_h // out_h) * -(-in_w // out_w)
         return output.numel() * (area if isinstance(module, nn.AdaptiveAvgPool2d) else area - 1)
-    if isinstance(module, _FREE_MODULES):
+    if isinstance(module, nn.LayerNorm | nn.GroupNorm):
+        return _NORM_PER_ELEMENT * inputs[0].numel()
+    if isinstance(module, nn.MultiheadAttention):
+        return 2 * _attention_macs(module, inputs)
+    if isinstance(module, _FREE_MODULES) or type(module).__name__ in _FREE_NAMES:
         return 0
     warnings.warn(f"sdn.models.cost: no op count for {type(module).__name__}; counted as 0", stacklevel=2)
     return 0
 
 
+def _attention_macs(module: nn.MultiheadAttention, inputs: tuple[Any, ...]) -> int:
+    """MACs of one self-/cross-attention call: q, k, v and output projections plus the two attention products."""
+    query, key = inputs[0], inputs[1] if len(inputs) > 1 else inputs[0]
+    batch_first = module.batch_first
+    q_len = query.shape[1] if batch_first else query.shape[0]
+    k_len = key.shape[1] if batch_first else key.shape[0]
+    batch = query.shape[0] if batch_first else query.shape[1]
+    dim = module.embed_dim
+    projections = (2 * q_len + 2 * k_len) * dim * dim  # q and output over the queries, k and v over the keys
+    products = 2 * q_len * k_len * dim
+    return batch * (projections + products)
+
+
+def _counted_units(root: nn.Module) -> list[nn.Module]:
+    """Leaf modules, and MultiheadAttention as one unit (its in-projection is no module of its own)."""
+    units: list[nn.Module] = []
+    inside = set()
+    for module in root.modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            units.append(module)
+            inside.update(id(m) for m in module.modules())
+        elif next(module.children(), None) is None:
+            units.append(module)
+    return units
+
+
 class _OpsCounter:
-    """Forward hooks on every leaf module of ``root`` adding their ops to ``total``; removed by :meth:`close`."""
+    """Forward hooks on every counted unit of ``root`` adding their ops to ``total``; removed by :meth:`close`."""
 
     def __init__(self, root: nn.Module, convention: OpsConvention) -> None:
         self.total = 0
         self.convention = convention
-        self._handles = [
-            m.register_forward_hook(self._hook) for m in root.modules() if next(m.children(), None) is None
-        ]
+        self._handles = [m.register_forward_hook(self._hook) for m in _counted_units(root)]
 
     def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         self.total += module_ops(module, inputs, output, self.convention)
@@ -150,18 +190,31 @@ class _OpsCounter:
 def _counting(model: nn.Module, convention: OpsConvention) -> Iterator[_OpsCounter]:
     counter = _OpsCounter(model, convention)
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
     try:
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad():
             yield counter
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         counter.close()
         model.train(was_training)
 
 
+def _cpu_attention_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _extra_flop_formulas() -> dict[Any, Any]:
+    """Flop formulas the counter lacks: the CPU's fused attention kernel (same count as the CUDA ones)."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: _cpu_attention_flops} if op is not None else {}
+
+
 def _measure(module: nn.Module, x: torch.Tensor, counter: _OpsCounter) -> tuple[torch.Tensor, CostRecord]:
     counter.total = 0
-    with FlopCounterMode(display=False) as flops:
+    with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as flops:
         y = module(x)
     params = sum(p.numel() for p in module.parameters())
     return y, CostRecord(params=params, macs=flops.get_total_flops() // 2, ops=counter.total)

@@ -1,13 +1,22 @@
-"""The internal classifier (IC) head: mixed max/avg pooling down to 4x4, then one linear layer."""
+"""Internal classifier (IC) heads.
+
+Convolutional (C, H, W) maps get the paper's head: mixed max/avg pooling down to about 4x4, then one linear layer.
+Token sequences (N, D) (ViT, DeiT) get LayerNorm, the class token (or the mean over tokens), one linear layer;
+channels-last (H, W, C) maps (Swin stages) get LayerNorm over C, the mean over H and W, one linear layer.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
 AlphaMode = Literal["bounded", "original"]
+FeatureLayout = Literal["chw", "hwc", "tokens"]
+TokenPool = Literal["cls", "mean"]
+LAYOUTS: tuple[str, ...] = ("chw", "hwc", "tokens")
 TARGET_SPATIAL = 4
 
 
@@ -71,3 +80,61 @@ class InternalClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.flatten(self.pool(x), 1))
+
+
+class TokenClassifier(nn.Module):
+    """LayerNorm over the features, then the class token (``pool="cls"``, token 0) or the mean over tokens, then
+    one linear layer. Reads (B, N, D) token sequences."""
+
+    def __init__(self, dim: int, num_classes: int, pool: TokenPool = "cls") -> None:
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"token pool must be 'cls' or 'mean', got {pool!r}")
+        self.pool = pool
+        self.norm = nn.LayerNorm(dim)
+        self.linear = nn.Linear(dim, num_classes)
+        self.in_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+        return self.linear(x)
+
+
+class ChannelsLastClassifier(nn.Module):
+    """LayerNorm over C, the mean over H and W, one linear layer. Reads (B, H, W, C) maps."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.linear = nn.Linear(channels, num_classes)
+        self.in_features = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x).mean(dim=(1, 2)))
+
+
+def make_exit(
+    shape: Sequence[int],
+    *,
+    num_classes: int,
+    layout: FeatureLayout = "chw",
+    token_pool: TokenPool = "cls",
+    alpha_mode: AlphaMode = "bounded",
+    where: str = "block",
+) -> nn.Module:
+    """The IC head that fits a feature of ``shape`` (without batch) in ``layout``; ``where`` names it in errors."""
+    dims = tuple(int(d) for d in shape)
+    expected = 2 if layout == "tokens" else 3
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown feature layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    if len(dims) != expected:
+        raise ValueError(
+            f"{where} outputs shape {dims}; a {layout!r} internal classifier needs {expected} dimensions "
+            "((C, H, W) maps, (H, W, C) maps or (N, D) tokens)"
+        )
+    if layout == "tokens":
+        return TokenClassifier(dims[1], num_classes, token_pool)
+    if layout == "hwc":
+        return ChannelsLastClassifier(dims[2], num_classes)
+    return InternalClassifier(*dims, num_classes=num_classes, alpha_mode=alpha_mode)

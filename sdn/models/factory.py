@@ -16,6 +16,7 @@ def create(
     exits: ExitsArg = "paper",
     alpha_mode: AlphaMode = "bounded",
     ic_input: str = DEFAULT_IC_INPUT,
+    weights: str | None = None,
 ) -> MultiExitNet:
     """Build architecture ``name`` with its exits.
 
@@ -25,17 +26,25 @@ def create(
 
     ``exits``: ``"paper"`` (the paper's placement), ``"paper-original"`` (the released code's masks),
     ``"none"``/``None`` (the plain CNN), ``"cost:0.15,0.3,..."`` (after the block whose cumulative cost is
-    closest to each fraction of the CNN's cost) or an explicit sequence of block indices.
+    closest to each fraction of the CNN's cost), ``"all"`` (after every block but the last) or an explicit sequence
+    of block indices.
+
+    ``weights`` (torchvision/timm models only): a local state-dict file of the original network or a hub weights
+    name (``DEFAULT``, ``IMAGENET1K_V1``, a timm pretrained tag); loaded into the backbone before exits attach.
     """
     spec = get_spec(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if input_size not in spec.input_sizes:
+    if weights is not None and not spec.takes_weights:
+        raise ValueError(f"{name} takes no weights= (only torchvision/<builder> and timm/<name> models do)")
+    if spec.input_sizes is not None and input_size not in spec.input_sizes:
         raise ValueError(f"{name} is defined for input sizes {list(spec.input_sizes)}, got {input_size}")
     if ic_input not in spec.ic_inputs:
         raise ValueError(f"{name} offers ic_input {list(spec.ic_inputs)}, got {ic_input!r}")
     positions = resolve_exits(spec, exits, num_classes=num_classes, input_size=input_size)
-    layout = {"ic_input": ic_input} if ic_input != DEFAULT_IC_INPUT else {}
+    layout: dict[str, object] = {"ic_input": ic_input} if ic_input != DEFAULT_IC_INPUT else {}
+    if weights is not None:
+        layout["weights"] = weights
     parts = spec.builder(num_classes=num_classes, input_size=input_size, **layout)
     model = MultiExitNet(
         parts,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sdn.models.exits import AlphaMode, InternalClassifier
+from sdn.models.exits import AlphaMode, FeatureLayout, TokenPool, make_exit
 
 BACKBONE_PREFIXES = ("stem.", "blocks.", "head.")
 
@@ -25,6 +25,8 @@ class BackboneParts:
     stem: nn.Module
     blocks: Sequence[nn.Module]
     head: nn.Module
+    layout: FeatureLayout = "chw"  # what the blocks output: (C, H, W) maps, (H, W, C) maps or (N, D) tokens
+    token_pool: TokenPool = "cls"  # token ICs read the class token (token 0) or the mean over tokens
 
 
 class MultiExitNet(nn.Module):
@@ -60,8 +62,17 @@ class MultiExitNet(nn.Module):
             )
         self.exit_positions = positions
         shapes = self.block_output_shapes(input_size, in_channels)
+        self.layout = parts.layout
         self.exits = nn.ModuleList(
-            InternalClassifier(*_chw(shapes[p], p), num_classes=num_classes, alpha_mode=alpha_mode) for p in positions
+            make_exit(
+                shapes[p],
+                num_classes=num_classes,
+                layout=parts.layout,
+                token_pool=parts.token_pool,
+                alpha_mode=alpha_mode,
+                where=f"block {p}",
+            )
+            for p in positions
         )
 
     @property
@@ -120,11 +131,3 @@ class MultiExitNet(nn.Module):
                 "backbone state does not fit this model: "
                 f"missing {missing_backbone[:5]}, unexpected {(unknown + list(unexpected))[:5]}"
             )
-
-
-def _chw(shape: torch.Size, position: int) -> tuple[int, int, int]:
-    if len(shape) != 3:
-        raise ValueError(
-            f"block {position} outputs shape {tuple(shape)}; an internal classifier needs a (C, H, W) feature map"
-        )
-    return int(shape[0]), int(shape[1]), int(shape[2])

@@ -13,19 +13,25 @@ from sdn.models.multiexit import MultiExitNet
 from sdn.models.registry import ArchSpec
 
 ExitsArg = str | Sequence[int] | None
-NAMED = ("paper", "paper-original", "none")
+NAMED = ("paper", "paper-original", "none", "all")
 COST_PREFIX = "cost:"
 
 
 def resolve_exits(spec: ArchSpec, exits: ExitsArg, *, num_classes: int, input_size: int) -> tuple[int, ...]:
     """Block indices after which ICs sit, for ``exits`` = "paper" | "paper-original" | "none" | None |
-    "cost:f1,f2,..." | a sequence of block indices."""
+    "cost:f1,f2,..." | "all" | a sequence of block indices."""
     if exits is None:
         return ()
     if isinstance(exits, str):
         key = exits.strip()
         if key == "none":
             return ()
+        if key in ("paper", "paper-original") and spec.paper_cost is not None:
+            return cost_placement(
+                spec, spec.paper_cost, num_classes=num_classes, input_size=input_size, merge_clashes=True
+            )
+        if key == "all":
+            return tuple(range(_num_blocks(spec, num_classes=num_classes, input_size=input_size) - 1))
         if key == "paper":
             return tuple(spec.paper_exits)
         if key == "paper-original":
@@ -72,14 +78,19 @@ def parse_fractions(text: str) -> list[float]:
     return fractions
 
 
-def closest_blocks(block_fractions: Sequence[float], fractions: Sequence[float]) -> tuple[int, ...]:
+def closest_blocks(
+    block_fractions: Sequence[float], fractions: Sequence[float], *, merge_clashes: bool = False
+) -> tuple[int, ...]:
     """For each fraction the block (not the last: it feeds the final classifier) whose cumulative cost fraction
-    is closest; ties go to the earlier block. Two fractions landing on one block raise ValueError."""
+    is closest; ties go to the earlier block. Two fractions landing on one block raise ValueError (with
+    ``merge_clashes``: they share that block's exit)."""
     candidates = range(len(block_fractions) - 1)
     if not candidates:
         raise ValueError("the backbone has fewer than two blocks; no internal exit is possible")
     chosen = [min(candidates, key=lambda b: (abs(block_fractions[b] - f), b)) for f in fractions]
     clashes = sorted({b for b in chosen if chosen.count(b) > 1})
+    if merge_clashes:
+        return tuple(sorted(set(chosen)))
     if clashes:
         detail = ", ".join(f"{f:g}->{b}" for f, b in zip(fractions, chosen, strict=True))
         raise ValueError(
@@ -88,12 +99,26 @@ def closest_blocks(block_fractions: Sequence[float], fractions: Sequence[float])
     return tuple(sorted(chosen))
 
 
-def cost_placement(
-    spec: ArchSpec, fractions: Sequence[float], *, num_classes: int, input_size: int
-) -> tuple[int, ...]:
-    """Blocks whose cumulative backbone ops (paper convention, measured on the plain CNN) are closest to
-    ``fractions`` of the CNN's ops. Built under a forked RNG so the caller's random stream is untouched."""
+def _plain_cnn(spec: ArchSpec, *, num_classes: int, input_size: int) -> MultiExitNet:
+    """The architecture without exits, built under a forked RNG so the caller's random stream is untouched."""
     with torch.random.fork_rng(devices=[]):
         parts = spec.builder(num_classes=num_classes, input_size=input_size)
-    cnn = MultiExitNet(parts, num_classes=num_classes, input_size=input_size)
-    return closest_blocks(profile_model(cnn, input_size).block_fractions(), fractions)
+    return MultiExitNet(parts, num_classes=num_classes, input_size=input_size)
+
+
+def _num_blocks(spec: ArchSpec, *, num_classes: int, input_size: int) -> int:
+    return len(_plain_cnn(spec, num_classes=num_classes, input_size=input_size).blocks)
+
+
+def cost_placement(
+    spec: ArchSpec,
+    fractions: Sequence[float],
+    *,
+    num_classes: int,
+    input_size: int,
+    merge_clashes: bool = False,
+) -> tuple[int, ...]:
+    """Blocks whose cumulative backbone ops (paper convention, measured on the plain CNN) are closest to
+    ``fractions`` of the CNN's ops."""
+    cnn = _plain_cnn(spec, num_classes=num_classes, input_size=input_size)
+    return closest_blocks(profile_model(cnn, input_size).block_fractions(), fractions, merge_clashes=merge_clashes)

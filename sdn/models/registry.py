@@ -6,6 +6,7 @@ network from a spec is :func:`sdn.models.factory.create`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,14 +33,22 @@ class ArchSpec:
     paper_exits: tuple[int, ...]
     weight_decay: float
     description: str
-    input_sizes: tuple[int, ...] = (32, 64)
+    input_sizes: tuple[int, ...] | None = (32, 64)  # None: any input size (torchvision/timm models)
     original_exits: tuple[int, ...] | None = None
     extra: dict[str, object] = field(default_factory=dict)
     exit_init: Callable[[nn.Linear], None] | None = None
     ic_inputs: tuple[str, ...] = (DEFAULT_IC_INPUT,)  # what an IC may read; the builder takes ic_input= if > 1
+    paper_cost: tuple[float, ...] | None = None  # set: exits "paper" = the blocks nearest these cost fractions
+    takes_weights: bool = False  # the builder takes weights= (a hub weights name or a local state-dict file)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
+_RESOLVERS: dict[str, Callable[[str], ArchSpec]] = {}  # "torchvision" -> resolver of "torchvision/<name>"
+
+
+def register_resolver(source: str, resolve: Callable[[str], ArchSpec]) -> None:
+    """Names ``<source>/<model>`` are looked up by ``resolve(name)`` (sdn.models.external registers its two)."""
+    _RESOLVERS[source] = resolve
 
 
 def register(spec: ArchSpec) -> ArchSpec:
@@ -54,6 +63,16 @@ def list_archs() -> list[str]:
 
 
 def get_spec(name: str) -> ArchSpec:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    """The spec of a registered name, or of ``torchvision/<builder>`` / ``timm/<name>`` (resolved on first use;
+    ``torchvision.<builder>`` / ``timm.<name>`` is the same network under a name that is also a folder name)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    source = name.partition("/")[0] if "/" in name else name.partition(".")[0]
+    if source in _RESOLVERS and source != name:
+        return _RESOLVERS[source](name)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(
+        f"unknown architecture {name!r}{hint}; known: {', '.join(sorted(_REGISTRY))}, "
+        "or torchvision/<builder> and timm/<name> (see `sdn archs`)"
+    )

@@ -1,6 +1,7 @@
 # Shared settings, input functions and the final target list. Only definitions here, no rules.
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -37,6 +38,11 @@ NATURAL_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "c
 BACKDOOR_VARIANTS = [v for v, row in VARIANTS.items() if row["evaluate_on"] == "backdoor"]
 SDN_VARIANTS = [v for v in NATURAL_VARIANTS if VARIANTS[v]["recipe"] != "cnn"]  # the analysed ones
 KNOWN_ARCHS = list_archs()
+# torchvision/timm networks are named torchvision.<builder> / timm.<name> here (the name is a folder name);
+# `weights:` maps such an arch to pretrained weights (a local state-dict file or a hub name): then its IC-only SDN
+# converts the pretrained network directly (no CNN parent) and the cnn/sdn variants fine-tune from the weights.
+EXTERNAL_ARCHS = [a for a in ARCHS if a not in KNOWN_ARCHS and a.partition(".")[0] in ("torchvision", "timm")]
+WEIGHTS = dict(config.get("weights") or {})
 
 # Published mode (config key `published`: a folder of runs `<dataset>/<arch>/s<seed>/<variant>/`, e.g. reproduction):
 # the published runs' meta.json, metrics.json, history.csv and outputs.npz are copied into the results layout
@@ -67,8 +73,19 @@ RUN = run_dir()
 CONFIGURED_ARCHS = [(f"['archs'][{i}]", a) for i, a in enumerate(ARCHS)]
 CONFIGURED_ARCHS.append(("['backdoor']['arch']", BACKDOOR.get("arch")))
 for key, arch in CONFIGURED_ARCHS:
-    if arch not in (*KNOWN_ARCHS, None):
-        raise ValueError(f"config{key}: {arch!r} is not one of {KNOWN_ARCHS} (registered in sdn.models: `sdn archs`)")
+    if arch in EXTERNAL_ARCHS:
+        try:
+            get_spec(arch)
+        except (ValueError, ImportError) as error:
+            raise ValueError(f"config{key}: {error}") from None
+    elif arch not in (*KNOWN_ARCHS, None):
+        raise ValueError(
+            f"config{key}: {arch!r} is not one of {KNOWN_ARCHS} (registered in sdn.models: `sdn archs`), "
+            "torchvision.<builder> or timm.<name>"
+        )
+for arch in WEIGHTS:
+    if arch not in EXTERNAL_ARCHS:
+        raise ValueError(f"config['weights']: {arch!r} is not a configured torchvision.<builder>/timm.<name> arch")
 if BACKDOOR["enabled"] and BACKDOOR.get("dataset") not in config["datasets"]:
     raise ValueError(
         f"config key backdoor.dataset={BACKDOOR.get('dataset')!r} must name one of the configured datasets "
@@ -80,7 +97,7 @@ if BACKDOOR["enabled"] and "arch" not in BACKDOOR:
 
 wildcard_constraints:
     dataset="[a-z][a-z0-9_]*",
-    arch="|".join(KNOWN_ARCHS),
+    arch="|".join(re.escape(a) for a in (*KNOWN_ARCHS, *EXTERNAL_ARCHS)),
     seed="[0-9]+",
     variant="|".join(VARIANTS),
     analysis="|".join(ANALYSES),
@@ -186,7 +203,7 @@ def train_inputs(wildcards) -> dict[str, str]:
     row = VARIANTS[wildcards.variant]
     data = DATA[row["data"]]
     inputs = {"data": f"{data}/meta.json", "train_split": f"{data}/train.pt", "holdout_split": f"{data}/holdout.pt"}
-    if row["parent"]:
+    if row["parent"] and not (row["recipe"] == "ic_only" and wildcards.arch in WEIGHTS):
         inputs["parent"] = f"{run_dir(row['parent'])}/model.pt"
     return {key: path.format(**wildcards) for key, path in inputs.items()}
 
@@ -221,6 +238,8 @@ def prepare_options(wildcards) -> str:
     parts += _option("--normalization", entry.get("normalization"))
     parts += _option("--url", entry.get("url"))
     parts += _option("--local-path", entry.get("local_path"))
+    parts += _option("--image-size", entry.get("image_size"))
+    parts += _option("--test-fraction", entry.get("test_fraction"))
     return _join(parts)
 
 
@@ -248,6 +267,7 @@ def train_options(kind: str, seed: int | str, arch: str | None = None) -> str:
     parts += _option("--batch-size", recipe.get("batch_size"))
     parts += _option("--milestones", recipe.get("milestones"))
     parts += _option("--max-train-samples", recipe.get("max_train_samples"))
+    parts += _option("--weights", WEIGHTS.get(arch))
     return f"{_join(parts)} {device_options()}"
 
 
