@@ -43,12 +43,15 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How training turned image files into network inputs: RGB uint8 of ``size`` x ``size``, /255, mean/std."""
+    """How training turned image files into network inputs: RGB uint8 of ``size`` x ``size`` (with ``resize``:
+    scaled, shorter side to ``size``, and centre-cropped, as an image folder prepared with ``--image-size``), /255,
+    mean/std."""
 
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    resize: bool = False
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], data_dir: str | os.PathLike[str] | None = None) -> Preprocess:
@@ -72,6 +75,7 @@ class Preprocess:
             mean=tuple(float(v) for v in record["mean"]),
             std=tuple(float(v) for v in record["std"]),
             classes=classes,
+            resize=bool(record.get("resize", False) or (record.get("request") or {}).get("image_size")),
         )
 
 
@@ -92,9 +96,14 @@ class Prediction:
         return asdict(self)
 
 
-def decode_image(data: bytes, size: int, name: str = "image") -> torch.Tensor:
-    """uint8 ``[3, size, size]`` of an encoded image (PNG, JPEG, ...); ImageError naming ``name`` otherwise."""
+def decode_image(data: bytes, size: int, name: str = "image", *, resize: bool = False) -> torch.Tensor:
+    """uint8 ``[3, size, size]`` of an encoded image (PNG, JPEG, ...); ImageError naming ``name`` otherwise.
+
+    With ``resize`` an image of any size is scaled and centre-cropped as :func:`sdn.data.datasets.scale_and_crop`
+    does for the training data; without it the image must be ``size`` x ``size``."""
     from PIL import Image, UnidentifiedImageError
+
+    from sdn.data.datasets import scale_and_crop
 
     if not data:
         raise ImageError(f"{name}: empty (0 bytes); send the bytes of an image file")
@@ -107,12 +116,13 @@ def decode_image(data: bytes, size: int, name: str = "image") -> torch.Tensor:
                     f"{name}: grayscale image (PIL mode {mode}); this model takes colour (RGB) images: "
                     "convert it to RGB first"
                 )
-            if (width, height) != (size, size):
+            if (width, height) != (size, size) and not resize:
                 raise ImageError(
                     f"{name}: {width}x{height} pixels; this model takes {size}x{size} images "
                     "(resize or crop it first, as the training data was prepared)"
                 )
-            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            rgb = image.convert("RGB")
+            pixels = np.asarray(scale_and_crop(rgb, size) if resize else rgb, dtype=np.uint8)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -256,7 +266,7 @@ class Predictor:
         slots: list[Prediction | int] = []
         for name, data in items:
             try:
-                decoded.append(decode_image(data, self.preprocess.size, name))
+                decoded.append(decode_image(data, self.preprocess.size, name, resize=self.preprocess.resize))
                 slots.append(len(decoded) - 1)
             except ImageError as err:
                 slots.append(Prediction(source=name, error=str(err)))

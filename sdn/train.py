@@ -508,7 +508,12 @@ def train(
         "variant": recipe.kind,
         "num_classes": info.num_classes,
         "input_size": info.input_size,
-        "preprocess": {"mean": list(info.mean), "std": list(info.std), "classes": list(info.classes)},
+        "preprocess": {
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "classes": list(info.classes),
+            "resize": data.meta.get("request", {}).get("image_size") is not None,  # imagefolder --image-size
+        },
         "exits_spec": exits if isinstance(exits, str) else list(exits),
         "alpha_mode": _alpha_mode(model),
         "cost": checkpoint.cost_record(model, info.input_size),

@@ -140,3 +140,22 @@ def test_summary_without_a_choice_is_a_clear_error(tmp_path) -> None:
     summary.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         exit_policy.from_summary(summary)
+
+
+def test_a_model_trained_on_resized_images_takes_any_size_like_its_training_data(tmp_path) -> None:
+    """Preprocess(resize=True) (an image folder prepared with --image-size) scales and crops exactly as the data
+    preparation did; without it a wrong size is refused."""
+    from sdn.data.datasets import read_image
+    from sdn.predict import ImageError, Preprocess
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 256, (21, 37, 3), dtype=np.uint8)).save(path)
+    decoded = decode_image(path.read_bytes(), 8, "wide.png", resize=True)
+    assert torch.equal(decoded, torch.from_numpy(read_image(path, 8)).permute(2, 0, 1))
+    with pytest.raises(ImageError, match="37x21 pixels"):
+        decode_image(path.read_bytes(), 8, "wide.png")
+    meta = {"num_classes": 2, "input_size": 8}
+    record = {"mean": [0.5] * 3, "std": [0.25] * 3, "classes": ["a", "b"]}
+    assert not Preprocess.from_meta({**meta, "preprocess": record}).resize  # checkpoints before the option
+    assert Preprocess.from_meta({**meta, "preprocess": {**record, "resize": True}}).resize

@@ -159,14 +159,20 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
             rgb = image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise ValueError(f"cannot read image {path} ({error}); remove or replace the file") from error
-    if size is not None:
-        width, height = rgb.size
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        rgb = rgb.crop((left, top, left + size, top + size))
-    return np.array(rgb)
+    return np.array(rgb if size is None else scale_and_crop(rgb, size))
+
+
+def scale_and_crop(rgb: Any, size: int) -> Any:
+    """A PIL image scaled (shorter side to ``size``, bilinear) and centre-cropped to ``size`` x ``size``: the one
+    definition, used for training data and for images given to a trained model (:mod:`sdn.predict`)."""
+    from PIL import Image
+
+    width, height = rgb.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return rgb.crop((left, top, left + size, top + size))
 
 
 @dataclass
