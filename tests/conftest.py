@@ -7,6 +7,7 @@ Fixtures only; no test module imports another. (A subprocess that needs the tiny
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -240,3 +241,19 @@ def snakemake() -> Callable[..., subprocess.CompletedProcess[str]]:
 @pytest.fixture(scope="session")
 def snakemake_exe() -> Path:
     return SNAKEMAKE
+
+
+def _stop_process_group(server: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGTERM to its process group, SIGKILL after 30 s."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stop_server() -> Callable[[subprocess.Popen], None]:
+    """The one way the tests stop a server they started (MLflow tracking server, ``mlflow models serve``)."""
+    return _stop_process_group

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -63,7 +61,7 @@ def wait_healthy(base: str, server: subprocess.Popen) -> None:
     raise AssertionError(f"mlflow server did not answer {base}/health within {STARTUP_TIMEOUT_S} s")
 
 
-def test_server_on_loopback_finds_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_on_loopback_finds_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_server) -> None:
     db = tmp_path / "mlflow.db"
     store = f"sqlite:///{db}"
     monkeypatch.setenv("SDN_TRACKING_URI", store)
@@ -108,10 +106,12 @@ def test_server_on_loopback_finds_every_run(tmp_path: Path, monkeypatch: pytest.
             seen[tags["sdn.journal_id"]] = tags["variant"]
         assert seen == journal_ids
     finally:
-        _stop(server)
+        stop_server(server)
 
 
-def test_results_copied_elsewhere_still_serve_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_results_copied_elsewhere_still_serve_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_server
+) -> None:
     """Artifact locations name no folder: a copied results folder, served with --artifacts-destination, reads."""
     import shutil
 
@@ -147,14 +147,4 @@ def test_results_copied_elsewhere_still_serve_artifacts(tmp_path: Path, monkeypa
         fetched = client.download_artifacts(remote.info.run_id, "history.csv", str(tmp_path))
         assert Path(fetched).read_text() == "epoch,loss\n1,0.5\n"
     finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """Stop the server's process group: SIGTERM, then SIGKILL after 30 s."""
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
+        stop_server(server)

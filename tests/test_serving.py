@@ -10,7 +10,6 @@ import base64
 import io as _io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -158,7 +157,7 @@ def wait_ready(base: str, server: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_and_survives_bad_input(tmp_path, monkeypatch) -> None:
+def test_mlflow_models_serve_answers_and_survives_bad_input(tmp_path, monkeypatch, stop_server) -> None:
     """`mlflow models serve -m models:/sdn-synthetic-mobilenet-sdn/1` on 127.0.0.1, queried over HTTP."""
     from sdn.config import paper_recipe
     from sdn.data.datasets import SyntheticSpec
@@ -217,12 +216,7 @@ def test_mlflow_models_serve_answers_and_survives_bad_input(tmp_path, monkeypatc
         status, body = invoke(base, images_request(images[:3], threshold=0.0))  # still serving; override applies
         assert status == 200 and [r["exit_index"] for r in body["predictions"]] == [0, 0, 0]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_server(server)
 
 
 def test_registered_model_name_comes_from_the_run_tags() -> None:
