@@ -48,9 +48,7 @@ PUBLISHED ?= reproduction
 paper-report: install
 	@$(BIN)/python -m sdn.reproduce.published $(PUBLISHED)
 	$(BIN)/snakemake --profile $(PROFILE) --configfile config/reproduction.yaml --config published=$(PUBLISHED) \
-		$(SNAKEMAKE_ARGS)
-	$(BIN)/snakemake --configfile config/reproduction.yaml --config published=$(PUBLISHED) \
-		--report results-paper/report.html
+		--report results-paper/report.html --report-after-run $(SNAKEMAKE_ARGS)
 	@echo "Done: results-paper/report/summary.md (paper vs ours at its end), results-paper/report.html"
 
 mlflow-ui: install

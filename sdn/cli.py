@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "export",
     "sync_mlflow",
     "tracking_init",
+    "batch",
 )
 
 

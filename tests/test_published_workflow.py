@@ -35,7 +35,8 @@ def test_published_mode_plans_copies_and_analyses_only(snakemake, tmp_path: Path
     assert done.returncode == 0, done.stderr + done.stdout
     rules = _rules(done.stdout)
     assert rules["published_run"] == 6  # 2 seeds x (cnn, ic_only, sdn)
-    assert rules["early_exit"] == rules["confusion"] == 4
+    assert rules["analyses"] == 4  # one job runs the four analyses of an SDN (`sdn batch`): 2 seeds x 2 variants
+    assert not {"early_exit", "overthinking", "confusion", "calibration"} & set(rules)
     assert not {"train", "evaluate", "gradcam", "prepare_data", "backdoor_analysis"} & set(rules)
 
 
@@ -61,3 +62,6 @@ def test_published_toy_grid_end_to_end(snakemake, tmp_path: Path) -> None:
     summary = (results / "report" / "summary.md").read_text()
     assert "Paper vs ours" in summary and "| cifar10 | resnet56 | SDN (IC-only) |" in summary
     assert (results / "report" / "tables" / "early_exit.csv").is_file()
+    for variant in ("ic_only", "sdn"):
+        for analysis in ("early_exit", "overthinking", "confusion", "calibration"):
+            assert (results / "cifar10" / "resnet56" / "s0" / variant / "analysis" / analysis / "summary.json").is_file()

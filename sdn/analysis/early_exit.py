@@ -96,19 +96,49 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     return np.clip(entropy / math.log(num_classes), 0.0, 1.0)
 
 
-def fire_mask(probs: np.ndarray, policy: str, threshold: float | int) -> np.ndarray:
-    """Boolean [E-1, N]: whether each IC would stop each sample (ignoring earlier ICs)."""
-    threshold = check_threshold(policy, threshold)
+def exit_scores(probs: np.ndarray, policy: str) -> np.ndarray:
+    """[E-1, N] what ``policy`` compares with its threshold at each IC: the top softmax (confidence), the normalised
+    entropy (entropy) or how many ICs in a row ending here agree (patience)."""
+    check_policy(policy)
     ic_probs = np.asarray(probs)[:-1]
     if policy == "confidence":
-        return ic_probs.max(axis=-1) >= threshold
+        return ic_probs.max(axis=-1)
     if policy == "entropy":
-        return normalised_entropy(ic_probs) <= threshold
+        return normalised_entropy(ic_probs)
     predictions = ic_probs.argmax(axis=-1)
     run = np.ones(predictions.shape, dtype=np.int64)
     for e in range(1, predictions.shape[0]):  # loop over exits only; vectorised over samples
         run[e] = np.where(predictions[e] == predictions[e - 1], run[e - 1] + 1, 1)
-    return run >= threshold
+    return run
+
+
+def _fires(scores: np.ndarray, policy: str, threshold: float | int) -> np.ndarray:
+    return scores <= threshold if policy == "entropy" else scores >= threshold
+
+
+def fire_mask(probs: np.ndarray, policy: str, threshold: float | int) -> np.ndarray:
+    """Boolean [E-1, N]: whether each IC would stop each sample (ignoring earlier ICs)."""
+    threshold = check_threshold(policy, threshold)
+    return _fires(exit_scores(probs, policy), policy, threshold)
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """What every threshold of one policy shares (computed once per sweep): each IC's score, each exit's
+    prediction and, per sample, the output used when no IC fires."""
+
+    scores: np.ndarray  # [E-1, N]
+    predictions: np.ndarray  # [E, N]
+    fallback_output: np.ndarray  # [N]
+
+    @classmethod
+    def of(cls, probs: np.ndarray, policy: str, fallback: str) -> _Replay:
+        num_exits, num_samples, _ = probs.shape
+        if fallback == "final":
+            fallback_output = np.full(num_samples, num_exits - 1, dtype=np.int64)
+        else:
+            fallback_output = probs.max(axis=-1).argmax(axis=0).astype(np.int64)
+        return cls(exit_scores(probs, policy), probs.argmax(axis=-1).astype(np.int64), fallback_output)
 
 
 def simulate(
@@ -130,20 +160,24 @@ def simulate(
 
 
 def _simulate(
-    probs: np.ndarray, labels: np.ndarray, cost: np.ndarray, policy: str, threshold: float | int, fallback: str
+    probs: np.ndarray,
+    labels: np.ndarray,
+    cost: np.ndarray,
+    policy: str,
+    threshold: float | int,
+    fallback: str,
+    replay: _Replay | None = None,
 ) -> ExitResult:
     num_exits, num_samples, _ = probs.shape
     final = num_exits - 1
-    fired = fire_mask(probs, policy, threshold)
+    if replay is None:
+        replay = _Replay.of(probs, policy, fallback)
+    fired = _fires(replay.scores, policy, check_threshold(policy, threshold))
     any_fired = fired.any(axis=0) if final > 0 else np.zeros(num_samples, dtype=bool)
     first = fired.argmax(axis=0) if final > 0 else np.zeros(num_samples, dtype=np.int64)
     exit_index = np.where(any_fired, first, final).astype(np.int64)
-    if fallback == "final":
-        fallback_output = np.full(num_samples, final, dtype=np.int64)
-    else:
-        fallback_output = probs.max(axis=-1).argmax(axis=0).astype(np.int64)
-    output_index = np.where(any_fired, exit_index, fallback_output)
-    predictions = probs[output_index, np.arange(num_samples)].argmax(axis=-1).astype(np.int64)
+    output_index = np.where(any_fired, exit_index, replay.fallback_output)
+    predictions = replay.predictions[output_index, np.arange(num_samples)]
     return ExitResult(
         predictions=predictions,
         exit_index=exit_index,
@@ -190,8 +224,10 @@ def sweep(
     if len(thresholds) == 0:
         raise ValueError(f"no thresholds given for policy {policy!r}")
     rows = []
+    replay = _Replay.of(probs, policy, fallback)
+    labels = np.asarray(labels)
     for threshold in thresholds:
-        result = _simulate(probs, np.asarray(labels), cost, policy, threshold, fallback)
+        result = _simulate(probs, labels, cost, policy, threshold, fallback, replay)
         rows.append(
             [check_threshold(policy, threshold), result.accuracy, result.avg_cost_fraction, *result.exit_histogram]
         )

@@ -1,116 +1,163 @@
 # Analyses of the cached per-exit logits (no model is run again), plus Grad-CAM on the IC-only SDN.
+# Each of the four analyses of a run (ANALYSES) is one job; in published mode (`make paper-report`: a few hundred
+# of them, each mostly Python start-up and imports) one job runs all four of a run in one process (`sdn batch`).
 
 
-rule early_exit:
-    input:
-        unpack(early_exit_inputs),
-    output:
-        summary=f"{RUN}/analysis/early_exit/summary.json",
-        figure=report(
-            f"{RUN}/analysis/early_exit/accuracy_vs_cost.png",
-            caption="../report/early_exit.rst",
-            category="Early exits",
-            subcategory="{dataset} {arch} s{seed} {variant}",
-        ),
-    log:
-        f"{LOGS}/early_exit/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
-    params:
-        options=early_exit_options(),
-        model=lambda wildcards, input: (
-            f" --checkpoint {shlex.quote(input.model)} --data {shlex.quote(os.path.dirname(input.data))}"
-            if "model" in input.keys()
-            else ""
-        ),
-        out=lambda wildcards, output: os.path.dirname(output.summary),
-        env=job_env("early_exit"),
-    threads: 1
-    resources:
-        gpu=0,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.env} sdn early-exit --outputs {input.outputs:q} --cnn-outputs {input.cnn:q} --out {params.out:q}"
-        " {params.options}{params.model} > {log:q} 2>&1"
+def analysis_argv(analysis: str, wildcards) -> list[str]:
+    """The `sdn` command line (after `sdn`) of one analysis of one run: the one definition used by the analysis's
+    own rule and by the published-mode rule that runs all four."""
+    run = RUN.format(**wildcards)
+    outputs, cnn = f"{run}/outputs.npz", f"{run_dir('cnn').format(**wildcards)}/outputs.npz"
+    out = f"{run}/analysis/{analysis}"
+    if analysis == "early_exit":
+        argv = ["early-exit", "--outputs", outputs, "--cnn-outputs", cnn, "--out", out]
+        argv += shlex.split(early_exit_options())
+        if not PUBLISHED:  # package the model at the chosen threshold (see early_exit_inputs)
+            argv += ["--checkpoint", f"{run}/model.pt", "--data", DATA["clean"].format(**wildcards)]
+        return argv
+    if analysis == "overthinking":
+        split = str(config["analyses"]["overthinking"]["split"])
+        return ["overthinking", "--outputs", outputs, "--out", out, "--split", split]
+    if analysis == "confusion":
+        return ["confusion", "--outputs", outputs, "--cnn-outputs", cnn, "--out", out]
+    if analysis == "calibration":
+        return ["calibration", "--outputs", outputs, "--out", out, *shlex.split(exit_rule_options())]
+    raise ValueError(f"unknown analysis {analysis!r}; known: {ANALYSES}")
 
 
-rule overthinking:
-    input:
-        outputs=f"{RUN}/outputs.npz",
-    output:
-        summary=f"{RUN}/analysis/overthinking/summary.json",
-        figure=report(
-            f"{RUN}/analysis/overthinking/overthinking.png",
-            caption="../report/overthinking.rst",
-            category="Overthinking",
-            subcategory="{dataset} {arch} s{seed} {variant}",
-        ),
-    log:
-        f"{LOGS}/overthinking/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
-    params:
-        split=config["analyses"]["overthinking"]["split"],
-        out=lambda wildcards, output: os.path.dirname(output.summary),
-        env=job_env("overthinking"),
-    threads: 1
-    resources:
-        gpu=0,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.env} sdn overthinking --outputs {input.outputs:q} --out {params.out:q} --split {params.split:q}"
-        " > {log:q} 2>&1"
+def analysis_command(analysis: str):
+    """Params function: the shell-quoted `sdn` command line of ``analysis`` for one run."""
+    return lambda wildcards: shlex.join(analysis_argv(analysis, wildcards))
 
 
-rule confusion:
-    input:
-        outputs=f"{RUN}/outputs.npz",
-        cnn=f"{run_dir('cnn')}/outputs.npz",
-    output:
-        summary=f"{RUN}/analysis/confusion/summary.json",
-        figure=report(
-            f"{RUN}/analysis/confusion/confusion_hist.png",
-            caption="../report/confusion.rst",
-            category="Confusion",
-            subcategory="{dataset} {arch} s{seed} {variant}",
-        ),
-    log:
-        f"{LOGS}/confusion/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output.summary),
-        env=job_env("confusion"),
-    threads: 1
-    resources:
-        gpu=0,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.env} sdn confusion --outputs {input.outputs:q} --cnn-outputs {input.cnn:q} --out {params.out:q}"
-        " > {log:q} 2>&1"
+def all_analyses_commands(wildcards) -> str:
+    """Params function: the four analyses of one run as `sdn batch` arguments, each with its job's MLflow tags."""
+    lines = [f"{job_env(a)(wildcards)} {shlex.join(analysis_argv(a, wildcards))}" for a in ANALYSES]
+    return " ".join(shlex.quote(line) for line in lines)  # batch expands the tags' ${...} itself
 
 
-rule calibration:
-    input:
-        outputs=f"{RUN}/outputs.npz",
-    output:
-        summary=f"{RUN}/analysis/calibration/summary.json",
-        figure=report(
-            f"{RUN}/analysis/calibration/reliability.png",
-            caption="../report/calibration.rst",
-            category="Calibration",
-            subcategory="{dataset} {arch} s{seed} {variant}",
-        ),
-    log:
-        f"{LOGS}/calibration/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output.summary),
-        options=exit_rule_options(),
-        env=job_env("calibration"),
-    threads: 1
-    resources:
-        gpu=0,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.env} sdn calibration --outputs {input.outputs:q} --out {params.out:q} {params.options} > {log:q} 2>&1"
+# analysis -> (its figure, the report caption file, the report category)
+ANALYSIS_FIGURES = {
+    "early_exit": ("accuracy_vs_cost.png", "early_exit.rst", "Early exits"),
+    "overthinking": ("overthinking.png", "overthinking.rst", "Overthinking"),
+    "confusion": ("confusion_hist.png", "confusion.rst", "Confusion"),
+    "calibration": ("reliability.png", "calibration.rst", "Calibration"),
+}
+
+
+def analysis_summary(analysis: str) -> str:
+    return f"{RUN}/analysis/{analysis}/summary.json"
+
+
+def analysis_figure(analysis: str):
+    figure, caption, category = ANALYSIS_FIGURES[analysis]
+    return report(
+        f"{RUN}/analysis/{analysis}/{figure}",
+        caption=f"../report/{caption}",
+        category=category,
+        subcategory="{dataset} {arch} s{seed} {variant}",
+    )
+
+
+if PUBLISHED:
+
+    rule analyses:
+        input:
+            outputs=f"{RUN}/outputs.npz",
+            cnn=f"{run_dir('cnn')}/outputs.npz",
+        output:
+            **{f"{a}_summary": analysis_summary(a) for a in ANALYSES},
+            **{f"{a}_figure": analysis_figure(a) for a in ANALYSES},
+        log:
+            f"{LOGS}/analyses/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+        params:
+            commands=all_analyses_commands,
+        threads: 1
+        resources:
+            gpu=0,
+        conda:
+            CONDA_ENV
+        shell:
+            "sdn batch {params.commands} > {log:q} 2>&1"
+
+else:
+
+    rule early_exit:
+        input:
+            unpack(early_exit_inputs),
+        output:
+            summary=analysis_summary("early_exit"),
+            figure=analysis_figure("early_exit"),
+        log:
+            f"{LOGS}/early_exit/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+        params:
+            command=analysis_command("early_exit"),
+            env=job_env("early_exit"),
+        threads: 1
+        resources:
+            gpu=0,
+        conda:
+            CONDA_ENV
+        shell:
+            "{params.env} sdn {params.command} > {log:q} 2>&1"
+
+    rule overthinking:
+        input:
+            outputs=f"{RUN}/outputs.npz",
+        output:
+            summary=analysis_summary("overthinking"),
+            figure=analysis_figure("overthinking"),
+        log:
+            f"{LOGS}/overthinking/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+        params:
+            command=analysis_command("overthinking"),
+            env=job_env("overthinking"),
+        threads: 1
+        resources:
+            gpu=0,
+        conda:
+            CONDA_ENV
+        shell:
+            "{params.env} sdn {params.command} > {log:q} 2>&1"
+
+    rule confusion:
+        input:
+            outputs=f"{RUN}/outputs.npz",
+            cnn=f"{run_dir('cnn')}/outputs.npz",
+        output:
+            summary=analysis_summary("confusion"),
+            figure=analysis_figure("confusion"),
+        log:
+            f"{LOGS}/confusion/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+        params:
+            command=analysis_command("confusion"),
+            env=job_env("confusion"),
+        threads: 1
+        resources:
+            gpu=0,
+        conda:
+            CONDA_ENV
+        shell:
+            "{params.env} sdn {params.command} > {log:q} 2>&1"
+
+    rule calibration:
+        input:
+            outputs=f"{RUN}/outputs.npz",
+        output:
+            summary=analysis_summary("calibration"),
+            figure=analysis_figure("calibration"),
+        log:
+            f"{LOGS}/calibration/{{dataset}}_{{arch}}_s{{seed}}_{{variant}}.log",
+        params:
+            command=analysis_command("calibration"),
+            env=job_env("calibration"),
+        threads: 1
+        resources:
+            gpu=0,
+        conda:
+            CONDA_ENV
+        shell:
+            "{params.env} sdn {params.command} > {log:q} 2>&1"
 
 
 rule gradcam:
