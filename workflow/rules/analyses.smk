@@ -3,62 +3,6 @@
 # of them, each mostly Python start-up and imports) one job runs all four of a run in one process (`sdn batch`).
 
 
-def analysis_argv(analysis: str, wildcards) -> list[str]:
-    """The `sdn` command line (after `sdn`) of one analysis of one run: the one definition used by the analysis's
-    own rule and by the published-mode rule that runs all four."""
-    run = RUN.format(**wildcards)
-    outputs, cnn = f"{run}/outputs.npz", f"{run_dir('cnn').format(**wildcards)}/outputs.npz"
-    out = f"{run}/analysis/{analysis}"
-    if analysis == "early_exit":
-        argv = ["early-exit", "--outputs", outputs, "--cnn-outputs", cnn, "--out", out]
-        argv += shlex.split(early_exit_options())
-        if not PUBLISHED:  # package the model at the chosen threshold (see early_exit_inputs)
-            argv += ["--checkpoint", f"{run}/model.pt", "--data", DATA["clean"].format(**wildcards)]
-        return argv
-    if analysis == "overthinking":
-        split = str(config["analyses"]["overthinking"]["split"])
-        return ["overthinking", "--outputs", outputs, "--out", out, "--split", split]
-    if analysis == "confusion":
-        return ["confusion", "--outputs", outputs, "--cnn-outputs", cnn, "--out", out]
-    if analysis == "calibration":
-        return ["calibration", "--outputs", outputs, "--out", out, *shlex.split(exit_rule_options())]
-    raise ValueError(f"unknown analysis {analysis!r}; known: {ANALYSES}")
-
-
-def analysis_command(analysis: str):
-    """Params function: the shell-quoted `sdn` command line of ``analysis`` for one run."""
-    return lambda wildcards: shlex.join(analysis_argv(analysis, wildcards))
-
-
-def all_analyses_commands(wildcards) -> str:
-    """Params function: the four analyses of one run as `sdn batch` arguments, each with its job's MLflow tags."""
-    lines = [f"{job_env(a)(wildcards)} {shlex.join(analysis_argv(a, wildcards))}" for a in ANALYSES]
-    return " ".join(shlex.quote(line) for line in lines)  # batch expands the tags' ${...} itself
-
-
-# analysis -> (its figure, the report caption file, the report category)
-ANALYSIS_FIGURES = {
-    "early_exit": ("accuracy_vs_cost.png", "early_exit.rst", "Early exits"),
-    "overthinking": ("overthinking.png", "overthinking.rst", "Overthinking"),
-    "confusion": ("confusion_hist.png", "confusion.rst", "Confusion"),
-    "calibration": ("reliability.png", "calibration.rst", "Calibration"),
-}
-
-
-def analysis_summary(analysis: str) -> str:
-    return f"{RUN}/analysis/{analysis}/summary.json"
-
-
-def analysis_figure(analysis: str):
-    figure, caption, category = ANALYSIS_FIGURES[analysis]
-    return report(
-        f"{RUN}/analysis/{analysis}/{figure}",
-        caption=f"../report/{caption}",
-        category=category,
-        subcategory="{dataset} {arch} s{seed} {variant}",
-    )
-
-
 if PUBLISHED:
 
     rule analyses:
