@@ -39,7 +39,8 @@ def synthetic_outputs(template: dict[str, np.ndarray], num_classes: int) -> dict
     num_exits = template["test_logits"].shape[0]
     rng = np.random.default_rng(num_exits)
     for split, size in SPLIT_SIZES.items():
-        labels = np.random.default_rng([num_classes, size]).integers(0, num_classes, size)  # shared by a dataset's runs
+        # the same labels in every run of a data set
+        labels = np.random.default_rng([num_classes, size]).integers(0, num_classes, size)
         logits = rng.normal(0.0, 1.0, (num_exits, size, num_classes)).astype(np.float32)
         logits[:, np.arange(size), labels] += np.linspace(1.5, 4.0, num_exits)[:, None]
         arrays[f"{split}_logits"], arrays[f"{split}_labels"] = logits, labels

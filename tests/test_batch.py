@@ -11,7 +11,8 @@ import pytest
 from sdn.cli import main
 from sdn.commands.batch import environment, parse_command_line
 
-TOY_RUN = Path(__file__).resolve().parent / "data" / "reproduction-toy" / "reproduction" / "cifar10" / "resnet56" / "s0"
+TOY = Path(__file__).resolve().parent / "data" / "reproduction-toy" / "reproduction"
+TOY_RUN = TOY / "cifar10" / "resnet56" / "s0"
 
 
 def _summary(folder: Path) -> dict:

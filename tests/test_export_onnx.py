@@ -73,7 +73,8 @@ def test_runner_decides_like_pytorch_and_the_offline_simulation(exported, policy
         assert onnx_exit.tolist() == torch_exit.tolist() == offline.exit_index.tolist()
         assert onnx_pred.tolist() == torch_pred.tolist() == offline.predictions.tolist()
         one_at_a_time = [runner(images[i : i + 1].numpy()) for i in range(8)]
-        assert [int(e[0]) for _, e in one_at_a_time] == onnx_exit[:8].tolist()
+        assert [int(e[0]) for _, e in one_at_a_time] == onnx_exit[:8].tolist()  # the batch-1 path
+        assert [int(p[0]) for p, _ in one_at_a_time] == onnx_pred[:8].tolist()
         spread |= set(onnx_exit.tolist())
     assert len(spread) >= 2  # both an IC and a later exit answered
 

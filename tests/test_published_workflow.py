@@ -64,4 +64,6 @@ def test_published_toy_grid_end_to_end(snakemake, tmp_path: Path) -> None:
     assert (results / "report" / "tables" / "early_exit.csv").is_file()
     for variant in ("ic_only", "sdn"):
         for analysis in ("early_exit", "overthinking", "confusion", "calibration"):
-            assert (results / "cifar10" / "resnet56" / "s0" / variant / "analysis" / analysis / "summary.json").is_file()
+            assert (
+                results / "cifar10" / "resnet56" / "s0" / variant / "analysis" / analysis / "summary.json"
+            ).is_file()
