@@ -271,16 +271,20 @@ def train_options(kind: str, seed: int | str, arch: str | None = None) -> str:
     return f"{_join(parts)} {device_options()}"
 
 
-def exit_rule_options() -> str:
+def exit_rule_args() -> list[str]:
     """--fallback and --tolerance of the early-exit rule, shared by every command that simulates early exits."""
     settings = config["analyses"]["early_exit"]
-    return _join(_option("--fallback", settings["fallback"]) + _option("--tolerance", settings["tolerance"]))
+    return _option("--fallback", settings["fallback"]) + _option("--tolerance", settings["tolerance"])
 
 
-def early_exit_options() -> str:
+def exit_rule_options() -> str:
+    return _join(exit_rule_args())
+
+
+def early_exit_args() -> list[str]:
     settings = config["analyses"]["early_exit"]
     parts = _option("--policies", settings["policies"]) + _option("--budgets", settings["budgets"])
-    return f"{_join(parts)} {exit_rule_options()}"
+    return parts + exit_rule_args()
 
 
 def backdoor_options() -> str:
@@ -303,7 +307,7 @@ def analysis_argv(analysis: str, wildcards) -> list[str]:
     out = f"{run}/analysis/{analysis}"
     if analysis == "early_exit":
         argv = ["early-exit", "--outputs", outputs, "--cnn-outputs", cnn, "--out", out]
-        argv += shlex.split(early_exit_options())
+        argv += early_exit_args()
         if not PUBLISHED:  # package the model at the chosen threshold (see early_exit_inputs)
             argv += ["--checkpoint", f"{run}/model.pt", "--data", DATA["clean"].format(**wildcards)]
         return argv
@@ -313,7 +317,7 @@ def analysis_argv(analysis: str, wildcards) -> list[str]:
     if analysis == "confusion":
         return ["confusion", "--outputs", outputs, "--cnn-outputs", cnn, "--out", out]
     if analysis == "calibration":
-        return ["calibration", "--outputs", outputs, "--out", out, *shlex.split(exit_rule_options())]
+        return ["calibration", "--outputs", outputs, "--out", out, *exit_rule_args()]
     raise ValueError(f"unknown analysis {analysis!r}; known: {ANALYSES}")
 
 
