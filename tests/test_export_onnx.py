@@ -53,11 +53,21 @@ def test_segment_graphs_give_pytorchs_logits(exported) -> None:
 
 
 def _thresholds(logits: np.ndarray, policy: str) -> list[float]:
-    """Thresholds at the quantiles of the first IC's own scores, so some samples exit there and some go on,
-    whatever the training reached; plus the ends of the range."""
+    """Thresholds near the quarter points of the first IC's own scores, so some samples exit there and some go on
+    whatever the training reached, plus the ends of the range. Each sits in the middle of the widest gap between
+    neighbouring scores near its quarter point: a score a last bit away from a threshold could otherwise exit in
+    one engine and not in another, on some CPUs."""
     probs = softmax(logits[0])
-    scores = probs.max(axis=1) if policy == "confidence" else ee.normalised_entropy(probs)
-    return [0.0, 1.0, *(float(np.quantile(scores, q)) for q in (0.25, 0.5, 0.75))]
+    scores = np.sort(probs.max(axis=1) if policy == "confidence" else ee.normalised_entropy(probs))
+    gaps = np.diff(scores)
+    chosen = [0.0, 1.0]
+    for q in (0.25, 0.5, 0.75):
+        centre = round(q * (len(gaps) - 1))
+        lo, hi = max(centre - 4, 0), min(centre + 5, len(gaps))
+        k = lo + int(np.argmax(gaps[lo:hi]))
+        assert gaps[k] > 1e-5, f"scores too close together near the {q} quantile: {scores[lo : hi + 1]}"
+        chosen.append(float(scores[k] + scores[k + 1]) / 2)
+    return chosen
 
 
 @pytest.mark.parametrize("policy", ["confidence", "entropy"])
