@@ -447,6 +447,7 @@ def early_exit_timing(
     batch_sizes: tuple[int, ...] | None = None,
     repeats: int = 5,
     onnx: bool = True,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Online early exit of a trained SDN against its full network, at the threshold chosen on the held-out split.
 
@@ -454,7 +455,8 @@ def early_exit_timing(
     (:mod:`sdn.bench_latency`): PyTorch at every batch size (default: 1 and 64 on a CPU, 1 and 256 on a GPU),
     ONNX Runtime on the CPU where it is installed, and on a GPU batch 1 through CUDA graphs. When no threshold keeps
     the held-out accuracy within ``tolerance`` of the final exit's, the most accurate threshold of the grid is timed
-    instead and ``threshold_status`` says ``"none"`` (with the reason); the command does not fail.
+    instead and ``threshold_status`` says ``"none"`` (with the reason); the command does not fail. A given
+    ``threshold`` (in [0, 1]) is timed instead of the chosen one, with ``threshold_status`` ``"given"``.
     """
     import numpy as np
 
@@ -484,8 +486,19 @@ def early_exit_timing(
     test_logits, test_labels, test_images = logits_of("test")
     table = sweep(softmax(hold_logits), hold_labels, costs, "confidence")
     final_acc = float((hold_logits[-1].argmax(1) == hold_labels).mean() * 100)
-    choice = choose_by_tolerance_or_best(table, final_acc, tolerance)
-    threshold = choice.threshold
+    if threshold is None:
+        choice = choose_by_tolerance_or_best(table, final_acc, tolerance)
+        threshold = choice.threshold
+        chosen = {**choice.record(), "holdout_accuracy": float(choice.row["accuracy"])}
+    else:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"early-exit threshold must be a confidence in [0, 1], got {threshold}")
+        given = simulate(softmax(hold_logits), hold_labels, costs, "confidence", threshold)
+        chosen = {
+            "threshold_status": "given",
+            "threshold_reason": f"threshold {threshold:g} given, not chosen by the tolerance rule",
+            "holdout_accuracy": given.accuracy,
+        }
     offline = simulate(softmax(test_logits), test_labels, costs, "confidence", threshold)
     online_pred, online_exit = early_exit_forward(model, test_images, "confidence", threshold)
     prediction_mismatches = int((online_pred.cpu().numpy() != offline.predictions).sum())
@@ -495,9 +508,8 @@ def early_exit_timing(
         "checkpoint": str(checkpoint),
         "arch": meta["arch"],
         "threshold": threshold,
-        **choice.record(),
+        **chosen,
         "tolerance": tolerance,
-        "holdout_accuracy": float(choice.row["accuracy"]),
         "final_holdout_accuracy": final_acc,
         "final_exit_cost_fraction": float(costs[-1]),
         "test_accuracy": offline.accuracy,

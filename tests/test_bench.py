@@ -197,3 +197,36 @@ def test_bench_reports_when_no_threshold_meets_the_tolerance(
             row["measured_saving"] / row["predicted_saving"]
         )
     assert "no threshold reaches accuracy" in capsys.readouterr().out
+
+
+def test_early_exit_bench_times_a_given_threshold(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
+    """--early-exit-threshold replaces the tolerance choice, says so, and is checked before any work."""
+    import sdn.inference
+    from sdn.cli import main
+
+    data = tiny.prepared(tmp_path / "data")
+    checkpoint = tiny.train(data, tmp_path / "run", recipe=tiny.recipe(epochs=1, milestones=()))
+
+    def wrong_first_ic(model: object, loader: object) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.concatenate([y.numpy() for _, y in loader])
+        logits = np.zeros((4, len(labels), 4), dtype=np.float32)  # 3 ICs and the final head, 4 classes
+        logits[0, np.arange(len(labels)), (labels + 1) % 4] = 1e4  # IC 1: confidence 1.0, always wrong
+        logits[1:, np.arange(len(labels)), labels] = 5.0  # the later exits: right, confidence below 0.99
+        return logits, labels
+
+    monkeypatch.setattr(sdn.inference, "collect_logits", wrong_first_ic)
+    monkeypatch.setenv("SDN_TRACKING", "off")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--archs", "", "--recipes", "", "--json-out", str(out), "--no-onnx"]
+    args += ["--early-exit-checkpoint", str(checkpoint), "--early-exit-data", str(data), "--early-exit-repeats", "1"]
+    assert main([*args, "--early-exit-batches", "1", "--early-exit-threshold", "0.5"]) == 0
+    early = json.loads(out.read_text())["early_exit"]
+    assert early["threshold"] == 0.5 and early["threshold_status"] == "given"
+    assert "0.5 given" in early["threshold_reason"]
+    assert early["holdout_accuracy"] == 0.0  # every image leaves at the wrong first IC
+    assert early["final_holdout_accuracy"] == 100.0
+    capsys.readouterr()
+    out.unlink()
+    assert main([*args, "--early-exit-threshold", "1.5"]) != 0
+    assert "--early-exit-threshold must be a confidence in [0, 1], got 1.5" in capsys.readouterr().err
+    assert not out.exists()

@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated batch sizes of the early-exit timing (default: 1,64 on a CPU, 1,256 on a GPU)",
     )
     parser.add_argument("--early-exit-repeats", type=int, default=5, help="timed passes; medians are reported")
+    parser.add_argument(
+        "--early-exit-threshold",
+        type=float,
+        help="confidence threshold to time (default: the one the tolerance rule chooses on the held-out split)",
+    )
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime early-exit timing (CPU only)")
     parser.add_argument(
         "--threads",
@@ -86,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--concurrent-jobs must be at least 1, got {args.concurrent_jobs}")
     if args.early_exit_checkpoint and not args.early_exit_data:
         raise ValueError("--early-exit-checkpoint needs --early-exit-data (its prepared data folder)")
+    if args.early_exit_threshold is not None and not 0.0 <= args.early_exit_threshold <= 1.0:
+        raise ValueError(f"--early-exit-threshold must be a confidence in [0, 1], got {args.early_exit_threshold}")
     archs = [a for a in args.archs.split(",") if a]
     shared = archs if args.concurrent_archs is None else [a for a in args.concurrent_archs.split(",") if a]
     if set(shared) - set(archs):
@@ -120,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             batch_sizes=batches,
             repeats=args.early_exit_repeats,
             onnx=not args.no_onnx,
+            threshold=args.early_exit_threshold,
         )
     print(_table(document))
     if args.json_out:
