@@ -462,7 +462,7 @@ def early_exit_timing(
 
     from sdn import bench_latency
     from sdn.analysis.arrays import softmax
-    from sdn.analysis.early_exit import choose_by_tolerance_or_best, simulate, sweep
+    from sdn.analysis.early_exit import check_threshold, choose_by_tolerance_or_best, simulate, sweep
     from sdn.checkpoint import load_checkpoint
     from sdn.data import load_prepared
     from sdn.inference import backbone_forward, collect_logits, deploy_copy, early_exit_forward
@@ -484,16 +484,16 @@ def early_exit_timing(
 
     hold_logits, hold_labels, _ = logits_of("holdout")
     test_logits, test_labels, test_images = logits_of("test")
-    table = sweep(softmax(hold_logits), hold_labels, costs, "confidence")
+    hold_probs = softmax(hold_logits)
+    table = sweep(hold_probs, hold_labels, costs, "confidence")
     final_acc = float((hold_logits[-1].argmax(1) == hold_labels).mean() * 100)
     if threshold is None:
         choice = choose_by_tolerance_or_best(table, final_acc, tolerance)
         threshold = choice.threshold
         chosen = {**choice.record(), "holdout_accuracy": float(choice.row["accuracy"])}
     else:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"early-exit threshold must be a confidence in [0, 1], got {threshold}")
-        given = simulate(softmax(hold_logits), hold_labels, costs, "confidence", threshold)
+        threshold = check_threshold("confidence", threshold)
+        given = simulate(hold_probs, hold_labels, costs, "confidence", threshold)
         chosen = {
             "threshold_status": "given",
             "threshold_reason": f"threshold {threshold:g} given, not chosen by the tolerance rule",
