@@ -16,9 +16,11 @@
 #              the choice is kept in WORK/state.json) and takes the count beyond which the aggregate gains < 5%.
 #   DEVICE     default cuda (cpu for a dry run); WORK: work folder (default .reproduce/<dataset>, git-ignored);
 #              RESUME_FROM: a folder with resume.tar.NN of an earlier call (carry it in, e.g. as .reproduce-in/);
+#              RESTART: jobs to start over, e.g. RESTART=wrn32_4/s0/sdn (a diverged run, retried with TRAIN_ARGS);
 #              SMALL=1: toy data sizes (600 train images, 200 test, 100 held out) for a CPU check;
 #              TRAIN_ARGS / PREPARE_ARGS: extra `sdn train` / `sdn prepare-data` options (e.g. TRAIN_ARGS="--exits
-#              paper-original"); PART_MIB (16), MAX_FILES (8), RESUME_MAX_MIB (60): the size limits of OUT;
+#              paper-original"); PART_MIB (16), MAX_FILES (8): the size limits of OUT; RESUME_MAX_MIB: the largest
+#              resume pack (default: 64 MiB, what a device call carries in, less the archive and 8 MiB for the tree);
 #              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10).
 # OUT receives published.tar.NN (finished runs, reproduction/ layout), resume.tar.NN (state + checkpoints of
 # unfinished jobs), grid.json (status and wall time of every job and of the grid), runner.log; at most MAX_FILES files
@@ -38,9 +40,11 @@ args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --devi
       --jobs "${JOBS:-3}" --budget-s "${BUDGET_S:-3600}" --reserve-s "${RESERVE_S:-30}"
       --epochs-cnn "${EPOCHS_CNN:-100}" --epochs-ic-only "${EPOCHS_IC:-25}" --epochs-sdn "${EPOCHS_SDN:-100}"
       --batch-size "${BATCH:-128}" --prepare-args "$prepare_args" --train-args "${TRAIN_ARGS:-}"
-      --part-mib "${PART_MIB:-16}" --max-files "${MAX_FILES:-8}" --resume-max-mib "${RESUME_MAX_MIB:-60}")
+      --part-mib "${PART_MIB:-16}" --max-files "${MAX_FILES:-8}")
 [ -n "${WORK:-}" ] && args+=(--work "$WORK")
 [ -n "${ARCHIVE:-}" ] && args+=(--archive "$ARCHIVE")
 [ -n "${RESUME_FROM:-}" ] && args+=(--resume-from "$RESUME_FROM")
+[ -n "${RESTART:-}" ] && args+=(--restart "$RESTART")
 [ -n "${TOP_K:-}" ] && args+=(--top-k "$TOP_K")
+[ -n "${RESUME_MAX_MIB:-}" ] && args+=(--resume-max-mib "$RESUME_MAX_MIB")
 exec "$py" -m sdn.reproduce.cli "${args[@]}"

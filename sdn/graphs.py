@@ -3,11 +3,11 @@
 A ResNet-56 step at batch 128 launches over a thousand small kernels; on a fast GPU their launch overhead, not the
 arithmetic, sets the pace. Capturing the step once and replaying it removes that overhead.
 
-Semantics are those of the eager step: the loss weights live in a device tensor updated in place between epochs;
-the learning rate is baked into the graph, so the step is captured again whenever it changes (at the milestones);
-warm-up iterations needed before capture are undone (parameters, buffers and optimizer state restored), so no
-training step is taken twice. Batches of another shape (the last, partial batch of an epoch) run eagerly on the same
-parameters, gradients and optimizer state.
+Semantics are those of the eager step, gradient clipping included: the loss weights live in a device tensor updated
+in place between epochs; the learning rate is baked into the graph, so the step is captured again whenever it
+changes (at the milestones); warm-up iterations needed before capture are undone (parameters, buffers and optimizer
+state restored), so no training step is taken twice. Batches of another shape (the last, partial batch of an epoch)
+run eagerly on the same parameters, gradients and optimizer state.
 """
 
 from __future__ import annotations
@@ -33,6 +33,18 @@ def weighted_loss(
     return torch.stack(terms).sum()
 
 
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
+    """Scale the gradients of the optimizer's parameters down to global L2 norm ``max_norm`` (None: unchanged).
+
+    No host synchronisation, so a captured step can hold it; a non-finite norm leaves non-finite gradients (and a
+    non-finite loss, which training reports).
+    """
+    if max_norm is None:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
 class GraphedTrainStep:
     """A training step for full batches of one shape, captured as a CUDA graph on first use."""
 
@@ -45,8 +57,10 @@ class GraphedTrainStep:
         active: Sequence[bool],
         amp: bool,
         channels_last: bool,
+        clip_grad_norm: float | None = None,
     ) -> None:
         self.model = model
+        self.clip_grad_norm = clip_grad_norm
         self.optimizer = optimizer
         self.active = list(active)
         self.amp = amp
@@ -79,6 +93,7 @@ class GraphedTrainStep:
             outputs = self.model(x)
         loss = weighted_loss(outputs, y, self.weights, self.active)
         loss.backward()
+        clip_gradients(self.optimizer, self.clip_grad_norm)
         self.optimizer.step()
         return loss
 

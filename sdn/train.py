@@ -29,10 +29,12 @@ from tqdm import tqdm
 
 from sdn import checkpoint
 from sdn.config import Recipe, coefficients_for, ic_loss_weights
+from sdn.graphs import clip_gradients
 from sdn.inference import collect_logits
 from sdn.models import MultiExitNet, create
 from sdn.models.registry import DEFAULT_IC_INPUT
 from sdn.outputs import topk_accuracy
+from sdn.progress import write_progress
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,13 @@ RESUME_DEFAULTS = {
     "alpha_mode": "bounded",
     "weights": None,
 }  # what a last.pt without the key used
+
+
+# A training loss above this has diverged: cross-entropy at chance is ln(classes) per output (about 4.6 for 100
+# classes), so even a loss summed over many exits stays far below. It is checked, like a non-finite loss, at the end
+# of each epoch, so a diverged run stops instead of training on at chance accuracy (WRN-32-4 SDN training with
+# large IC loss weights at lr 0.1 reaches 1e6 within four steps).
+DIVERGED_LOSS = 1e5
 
 
 @dataclass(frozen=True)
@@ -212,12 +221,15 @@ def train_one_epoch(
     epoch: int,
     progress: bool = False,
     step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> EpochResult:
-    """One pass over ``batches``; raises RuntimeError naming epoch and step if a loss is not finite.
+    """One pass over ``batches``; raises RuntimeError naming epoch and step if a loss is not finite or above
+    :data:`DIVERGED_LOSS`.
 
     Finiteness is tracked on the device and checked once at the end of the epoch (no per-step synchronisation);
     the caller must not checkpoint a failed epoch. ``step_fn(x, y) -> loss`` replaces the eager step (e.g. a
-    :class:`sdn.graphs.GraphedTrainStep`); it must apply the same ``weights``.
+    :class:`sdn.graphs.GraphedTrainStep`); it must apply the same ``weights`` and ``clip_grad_norm`` (the largest
+    global gradient norm, None: no clipping).
     """
     device = options.device
     autocast = (
@@ -238,9 +250,10 @@ def train_one_epoch(
             loss = loss_fn(outputs, y, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            clip_gradients(optimizer, clip_grad_norm)
             optimizer.step()
             detached = loss.detach()
-        bad = ~torch.isfinite(detached)
+        bad = ~torch.isfinite(detached) | (detached > DIVERGED_LOSS)
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         total += detached.double() * y.shape[0]
         images += int(y.shape[0])
@@ -251,8 +264,9 @@ def train_one_epoch(
     bad_step = int(first_bad.item())
     if bad_step >= 0:
         raise RuntimeError(
-            f"non-finite loss at epoch {epoch} step {bad_step} (of {steps}); training stopped, the last good "
-            "checkpoint (last.pt from the previous epoch, if any) is unchanged. Try a lower --lr: with short "
+            f"non-finite or diverged loss (above {DIVERGED_LOSS:g}) at epoch {epoch} step {bad_step} (of {steps}); "
+            "training stopped, the last good checkpoint (last.pt from the previous epoch, if any) is unchanged. "
+            "Try a lower --lr: with short "
             "schedules the internal classifiers' loss weights grow fast, and deep networks whose ICs read large "
             "features then diverge (SDN training on digits at batch 32: vgg16bn and wrn32_4 diverge at lr 0.05; "
             "vgg16bn trains at 0.01; wrn32_4 stays unstable even at 0.005, but its CNN trains at 0.05 and "
@@ -378,8 +392,9 @@ def train(
     ``weights`` (torchvision/timm networks): pretrained backbone weights, a local state-dict file or a hub name;
     with ``ic_only`` they replace ``parent`` (the paper's off-the-shelf conversion: the backbone stays frozen).
 
-    Writes ``out_dir/last.pt`` after every epoch and resumes from it when present (same arch/recipe/seed/...,
-    else ValueError). At the end writes ``model.pt``, ``meta.json`` and ``history.csv`` and removes ``last.pt``.
+    Writes ``out_dir/last.pt`` and ``out_dir/progress.json`` (:mod:`sdn.progress`) after every epoch and resumes
+    from ``last.pt`` when present (same arch/recipe/seed/..., else ValueError). At the end writes ``model.pt``,
+    ``meta.json`` and ``history.csv`` and removes ``last.pt`` (``progress.json`` stays).
     ``on_epoch(epoch, metrics)`` is called after each epoch's checkpoint.
     """
     from sdn.data import TensorSplit, load_prepared
@@ -464,7 +479,9 @@ def train(
 
     progress = sys.stderr.isatty()
     epochs = tqdm(range(start_epoch, recipe.epochs + 1), desc=f"train {recipe.kind}", disable=not progress)
+    epoch_wall_s: list[float] = []
     for epoch in epochs:
+        epoch_started = time.monotonic()
         lr = optimizer.param_groups[0]["lr"]
         weights = exit_weights(recipe, epoch, model.num_exits)
         set_train_mode(model, recipe)
@@ -479,6 +496,7 @@ def train(
             epoch=epoch,
             progress=progress,
             step_fn=graph_step,
+            clip_grad_norm=recipe.clip_grad_norm,
         )
         scheduler.step()
         accuracy = holdout_accuracy(model, holdout_batches, options)
@@ -503,6 +521,8 @@ def train(
                 "history": history,
             },
         )
+        epoch_wall_s.append(time.monotonic() - epoch_started)
+        write_progress(out, epoch, recipe.epochs, epoch_wall_s)
         _report_epoch(row, accuracy, recipe.epochs, epochs if progress else None)
         if on_epoch is not None:
             on_epoch(epoch, dict(row))
@@ -549,6 +569,7 @@ def _graph_step(model: MultiExitNet, optimizer: torch.optim.Optimizer, recipe: R
         active=active,
         amp=options.amp,
         channels_last=options.channels_last,
+        clip_grad_norm=recipe.clip_grad_norm,
     )
 
 
@@ -574,6 +595,8 @@ def _same_data(saved: dict[str, Any], current: dict[str, Any], path: Path) -> bo
 def _check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     for key in RESUME_KEYS:
         before = saved.get(key, RESUME_DEFAULTS.get(key))
+        if key == "recipe" and isinstance(before, dict):  # keys added since (clip_grad_norm) take their defaults
+            before = Recipe.from_dict(before).to_dict()
         if before != current.get(key):
             raise ValueError(
                 f"{path} was written by a run with {key}={before!r}, but this run has "

@@ -68,7 +68,10 @@ BAD_CONFIGS = {
     ),
     "misspelt nested key": (
         _bad(lambda c: c["recipes"]["cnn"].update(epoch=3)),
-        ["unknown config key 'recipes.cnn.epoch' (did you mean 'epochs'?)", "allowed here: batch_size, epochs"],
+        [
+            "unknown config key 'recipes.cnn.epoch' (did you mean 'epochs'?)",
+            "allowed here: batch_size, clip_grad_norm, epochs",
+        ],
     ),
     "unknown data set source": (
         _bad(lambda c: c["datasets"]["digits"].update(source="mnist")),

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from sdn import checkpoint, io
 from sdn.checkpoint import load_checkpoint
 from sdn.config import Recipe, coefficients_for, ic_loss_weights, paper_recipe
 from sdn.device import resolve_device
+from sdn.graphs import clip_gradients
 from sdn.models import get_spec
-from sdn.train import build_model, build_scheduler, seed_everything
+from sdn.progress import read_progress
+from sdn.train import EngineOptions, build_model, build_scheduler, seed_everything, train_one_epoch
 
 # ---------------------------------------------------------------- recipes and schedules
 
@@ -132,6 +135,9 @@ def test_cnn_training_writes_checkpoint_meta_history(tiny, tiny_data: Path, tmp_
     lines = (out / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,loss")
     assert [float(line.split(",")[1]) for line in lines[1:]] == pytest.approx([0.05, 0.005, 0.0005])
+    progress = read_progress(out)  # for schedulers (sdn.reproduce): how far, how long an epoch takes
+    assert progress is not None and progress["epoch"] == progress["epochs"] == 3
+    assert len(progress["epoch_wall_s"]) == 3 and all(s > 0 for s in progress["epoch_wall_s"])
     model, loaded_meta = load_checkpoint(path)
     assert loaded_meta == meta and model.num_exits == 1 and not model.training
 
@@ -214,10 +220,63 @@ def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny, tiny_data
         group["lr"] = 1e30
     checkpoint.save_resume_state(out, state)  # through the owner, which records its sha256
     before = last.read_bytes()
-    with pytest.raises(RuntimeError, match=r"non-finite loss at epoch 2 step \d+"):
+    with pytest.raises(RuntimeError, match=r"non-finite or diverged loss \(above 100000\) at epoch 2 step \d+"):
         tiny.train(tiny_data, out, recipe=recipe)
     assert last.read_bytes() == before
     assert not (out / "model.pt").exists()
+
+
+def test_a_finite_runaway_loss_stops_training_as_diverged() -> None:
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[0].fill_(1e7)  # class 0's logit about 4e7, the others about 0: cross-entropy about 1e7, finite
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    batches = [(torch.ones(2, 4), torch.tensor([0, 1])), (-torch.ones(2, 4), torch.tensor([2, 2]))]
+    options = EngineOptions(device=torch.device("cpu"), channels_last=False, amp=False)
+    with pytest.raises(RuntimeError, match=r"diverged loss \(above 100000\) at epoch 7 step 1 \(of 2\)"):
+        train_one_epoch(lambda x: [model(x)], batches, optimizer, [1.0], options=options, epoch=7)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    assert train_one_epoch(lambda x: [model(x)], batches, optimizer, [1.0], options=options, epoch=7).loss < 1e5
+
+
+def test_gradient_clipping_bounds_the_global_norm_and_is_validated() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def gradient_norm(max_norm: float | None) -> float:
+        optimizer.zero_grad()
+        (100.0 * F.cross_entropy(model(torch.randn(32, 8, generator=torch.Generator().manual_seed(1))),
+                                 torch.zeros(32, dtype=torch.long))).backward()  # fmt: skip
+        clip_gradients(optimizer, max_norm)
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+
+    unclipped = gradient_norm(None)
+    assert unclipped > 1.0
+    assert gradient_norm(0.5) == pytest.approx(0.5, rel=1e-4)
+    assert gradient_norm(10 * unclipped) == pytest.approx(unclipped, rel=1e-6)  # below the bound: unchanged
+    assert Recipe(kind="sdn", clip_grad_norm=1.0).clip_grad_norm == 1.0
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="clip_grad_norm must be a positive finite number"):
+            Recipe(kind="sdn", clip_grad_norm=bad)
+
+
+def test_a_last_pt_from_before_gradient_clipping_still_resumes(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    recipe = tiny.recipe("cnn", epochs=2, milestones=())
+
+    def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny.train(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
+    state = io.load_torch(out / "last.pt")
+    del state["identity"]["recipe"]["clip_grad_norm"]  # as written before the key existed
+    checkpoint.save_resume_state(out, state)
+    tiny.train(tiny_data, out, recipe=recipe)
+    assert [line.split(",")[0] for line in (out / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
 
 
 def test_cuda_request_without_gpu(tiny, tiny_data: Path, tmp_path: Path) -> None:
@@ -251,10 +310,28 @@ def test_cli_parses_exits_and_overrides(tiny, tiny_data: Path, tmp_path: Path) -
     out = tmp_path / "cli"
     args = ["train", "--recipe", "sdn", "--arch", tiny.ARCH, "--data", str(tiny_data), "--out", str(out)]
     args += ["--epochs", "2", "--batch-size", "32", "--lr", "0.02", "--exits", "0,2", "--device", "cpu"]
-    args += ["--max-train-samples", "40", "--seed", "5"]
+    args += ["--max-train-samples", "40", "--seed", "5", "--clip-grad-norm", "2.5"]
     assert main(args) == 0
     meta = io.read_json(out / "meta.json")
     assert meta["exit_positions"] == [0, 2] and meta["train_size"] == 40 and meta["seed"] == 5
     assert meta["recipe"]["lr"] == 0.02 and meta["recipe"]["batch_size"] == 32 and meta["recipe"]["epochs"] == 2
+    assert meta["recipe"]["clip_grad_norm"] == 2.5
     assert meta["recipe"]["weight_decay"] == get_spec(tiny.ARCH).weight_decay
     assert np.isfinite(meta["holdout_accuracy"]).all()
+
+
+@pytest.mark.slow
+def test_ic_weight_probe_reports_finite_and_diverged_training(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "digits"
+    subprocess.run([sys.executable, "-m", "sdn", "prepare-data", "--dataset", "digits", "--out", str(data)],
+                   check=True, capture_output=True, cwd=root)  # fmt: skip
+    probe = [sys.executable, str(root / "scripts" / "ic_weight_probe.py"), "--data", str(data), "--arch", "resnet56"]
+    calm = subprocess.run([*probe, "--steps", "2", "--lr", "0.01"], capture_output=True, text=True, timeout=600)
+    assert calm.returncode == 0 and "finite for 2 steps" in calm.stdout, calm.stdout + calm.stderr
+    assert "IC loss weights of epoch 1: 0.011 0.013 " in calm.stdout
+    wild = subprocess.run([*probe, "--steps", "30", "--lr", "1e6"], capture_output=True, text=True, timeout=600)
+    assert wild.returncode == 1 and "diverged at step" in wild.stdout, wild.stdout + wild.stderr

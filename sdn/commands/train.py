@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_int_list,
         help="comma-separated 1-based epochs at which the lr drops x0.1 (default: the paper's, scaled to --epochs)",
     )
+    parser.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        help="scale each step's gradients down to this global L2 norm (not in the paper: a remedy for a diverging "
+        "run, e.g. WRN-32-4 SDN training; recorded in the recipe)",
+    )
     parser.add_argument("--seed", type=int, default=1221, help="random seed, as in the paper")
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N")
     parser.add_argument(
@@ -96,6 +102,8 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["backbone_mode"] = args.backbone_mode
     if args.milestones is not None:
         overrides["milestones"] = tuple(args.milestones)
+    if args.clip_grad_norm is not None:
+        overrides["clip_grad_norm"] = args.clip_grad_norm
     return overrides
 
 

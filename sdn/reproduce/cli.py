@@ -65,8 +65,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--train-args", default="", help="extra `sdn train` options, e.g. '--exits paper-original'")
     p.add_argument("--part-mib", type=float, default=16.0)
     p.add_argument("--max-files", type=int, default=8)
-    p.add_argument("--resume-max-mib", type=float, default=60.0)
+    p.add_argument(
+        "--resume-max-mib",
+        type=float,
+        help="largest resume pack (default: what a device call can carry in beside the archive and the tree: "
+        "64 MiB less the archive and 8 MiB)",
+    )
     p.add_argument("--resume-from", type=Path, help="folder with resume.tar.NN from an earlier call")
+    p.add_argument(
+        "--restart",
+        default="",
+        help="jobs to start over, e.g. 'wrn32_4/s0/sdn' (comma-separated): their files and state are removed first, "
+        "as for a diverged run retried with other --train-args",
+    )
     p.add_argument(
         "--top-k",
         type=int,
@@ -94,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         variants=tuple(v for v in a.variants.split(",") if v), prepare_args=shlex.split(a.prepare_args),
         train_args=shlex.split(a.train_args), part_mib=a.part_mib, max_files=a.max_files,
         resume_max_mib=a.resume_max_mib, resume_from=a.resume_from,
+        restart=[x for x in a.restart.replace(",", " ").split() if x],
         top_k=(a.top_k or None) if a.top_k is not None else DEFAULT_TOP_K.get(a.dataset),
     )  # fmt: skip
 

@@ -14,8 +14,12 @@ resumes from it on the next call) and start nothing new; publish every evaluated
 - ``grid.json`` (every job's status and wall times, the grid's wall time) and ``runner.log``.
 
 At most ``--max-files`` files of at most ``--part-mib`` MiB each (the device tool returns 8 of 16 MiB), the resume
-pack at most ``--resume-max-mib`` (what a call can carry in); checkpoints that do not fit are left out, largest first,
-and listed in ``grid.json`` (those jobs start over).
+pack at most ``--resume-max-mib`` (default: what a call can carry in beside the archive, :mod:`sdn.reproduce.plan`);
+checkpoints that do not fit are left out, largest first, and listed in ``grid.json`` (those jobs start over).
+
+Jobs whose checkpoint could never be carried (VGG-16-BN's and WRN-32-4's ``last.pt``) start first in a call, and
+one is not started when its epoch times, measured in this grid (``progress.json`` of ``sdn train``), say it cannot
+finish (with its evaluation, and a CNN's IC-only child) before the call ends; the slot goes to a job that can resume.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ from typing import IO, Any
 
 from sdn import io
 from sdn.config import PAPER_EPOCHS
-from sdn.reproduce import pack, publish
+from sdn.progress import read_progress, typical_epoch_seconds
+from sdn.reproduce import pack, plan, publish
 from sdn.reproduce.grid import STATE_FILE, VARIANTS, GridState, Job, grid_jobs, job_status
 
 log = logging.getLogger("sdn.reproduce")
 REPO = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 15.0
+MEASURE_EVERY_S = 5.0  # how often the running jobs' progress.json is read
 FALLBACK_JOBS = 3  # JOBS=auto when the measurement fails
 # CIFAR-100's dense float16 logits take about 21 MB a run: too much for the return limits and the published folder
 DEFAULT_TOP_K = {"cifar100": 10}
@@ -68,8 +74,9 @@ class Settings:
     train_args: list[str] = field(default_factory=list)
     part_mib: float = 16.0
     max_files: int = 8
-    resume_max_mib: float = 60.0
+    resume_max_mib: float | None = None  # None: plan.resume_budget_mib(archive), what a call carries in beside it
     resume_from: Path | None = None
+    restart: list[str] = field(default_factory=list)  # job keys to start over (files and state removed)
     python: str = sys.executable
     top_k: int | None = None  # publish only each row's k largest logits (None: all, float16)
     auto_candidates: tuple[int, ...] = (1, 2, 3, 4)  # job counts measured when jobs == 0 (JOBS=auto)
@@ -101,6 +108,11 @@ class Runner:
         self.running: dict[str, Running] = {}
         self.slots = max(settings.jobs, 1)  # jobs at once (resolved in run() when settings.jobs is 0: auto)
         self.jobs = grid_jobs(settings.archs, settings.seeds, settings.variants)
+        given = settings.resume_max_mib
+        self.resume_mib = given if given is not None else plan.resume_budget_mib(settings.archive)
+        self.carryable: dict[str, bool] = {}  # per arch (plan_carry(), once the data are prepared); absent: True
+        self.not_started: set[str] = set()  # jobs held back in this call because they would not finish
+        self.measured_at = 0.0
         self.work.mkdir(parents=True, exist_ok=True)
         if settings.resume_from is not None and (self.work / STATE_FILE).is_file():
             log.warning("%s already holds a grid state: --resume-from %s ignored", self.work, settings.resume_from)
@@ -108,9 +120,27 @@ class Runner:
             names = pack.unpack(settings.resume_from, "resume", self.work)
             log.info("unpacked %d files from %s/resume.tar.*", len(names), settings.resume_from)
         self.state = GridState.load(self.work, settings.dataset)
-        self.call: dict[str, Any] = {"started": now_iso(), "settings": _plain_settings(settings)}
+        self.restart(settings.restart)
+        self.call: dict[str, Any] = {
+            "started": now_iso(),
+            "settings": _plain_settings(settings),
+            "resume_max_mib": round(self.resume_mib, 1),
+        }
         self.state.data["calls"].append(self.call)
         self.state.save()
+
+    def restart(self, keys: list[str]) -> None:
+        """Remove the run folders and state of the jobs ``keys`` (e.g. a diverged run to retry with other options)."""
+        by_key = {job.key: job for job in self.jobs}
+        unknown = [key for key in keys if key not in by_key]
+        if unknown:
+            raise ValueError(f"--restart: {unknown} are not jobs of this grid (e.g. {self.jobs[0].key})")
+        for key in keys:
+            shutil.rmtree(self.work / by_key[key].run_dir, ignore_errors=True)
+            self.state.data["jobs"].pop(key, None)
+            log.info("restart %s: its files and state removed", key)
+        if keys:
+            self.state.save()
 
     # ------------------------------------------------------------------ data
     def prepare_data(self) -> None:
@@ -179,6 +209,78 @@ class Runner:
                  doc["rates"], doc["seconds"])  # fmt: skip
         return int(doc["chosen"])
 
+    # ------------------------------------------------------------------ what fits
+    def plan_carry(self) -> None:
+        """Which archs' stopped jobs can resume in the next call (their last.pt fits in the resume pack)."""
+        meta = io.read_json(self.work / "data" / "meta.json")
+        self.carryable = plan.carryable_archs(
+            self.s.archs, int(meta["num_classes"]), int(meta["input_size"]), self.resume_mib
+        )
+        self.call["carryable"] = self.carryable
+        held = [arch for arch, ok in self.carryable.items() if not ok]
+        if held:
+            log.info("resume pack at most %.0f MiB: the jobs of %s cannot resume in another call; they start first, "
+                     "and only when they can finish", self.resume_mib, ", ".join(held))  # fmt: skip
+
+    def start_order(self) -> list[Job]:
+        """The jobs in the order they are offered a slot: those that cannot be carried first (stable otherwise)."""
+        return sorted(self.jobs, key=lambda j: self.carryable.get(j.arch, True))
+
+    def measure(self, force: bool = False) -> None:
+        """Record in state.json each running training's typical epoch wall time (from its progress.json)."""
+        if not force and time.monotonic() - self.measured_at < MEASURE_EVERY_S:
+            return
+        self.measured_at = time.monotonic()
+        changed = False
+        for item in self.running.values():
+            progress = read_progress(self.work / item.job.run_dir) if item.phase == "train" else None
+            seconds = typical_epoch_seconds(progress["epoch_wall_s"]) if progress else None
+            if seconds is not None and self.state.job(item.job).get("epoch_wall_s") != round(seconds, 3):
+                self.state.job(item.job)["epoch_wall_s"] = round(seconds, 3)
+                changed = True
+        if changed:
+            self.state.save()
+
+    def measured_epoch_seconds(self) -> dict[tuple[str, str], float]:
+        """{(arch, variant): seconds per epoch} measured in this grid (the slowest seed)."""
+        measured: dict[tuple[str, str], float] = {}
+        for job in self.jobs:
+            seconds = self.state.job(job).get("epoch_wall_s")
+            if seconds:
+                key = (job.arch, job.variant)
+                measured[key] = max(measured.get(key, 0.0), float(seconds))
+        return measured
+
+    def seconds_needed(self, job: Job) -> float | None:
+        """About how long ``job`` needs to train from where it is and be evaluated, plus, for a CNN, its IC-only
+        child (its model.pt cannot be carried either); None where nothing of its arch is measured yet."""
+        measured = self.measured_epoch_seconds()
+        per_epoch = plan.epoch_seconds(measured, job.arch, job.variant)
+        if per_epoch is None:
+            return None
+        progress = read_progress(self.work / job.run_dir)
+        done = progress["epoch"] if progress and (self.work / job.run_dir / "last.pt").is_file() else 0
+        needed = (max(self.s.epochs[job.variant] - done, 0) + 1) * per_epoch  # + about an epoch to evaluate
+        child = Job(job.arch, job.seed, "ic_only")
+        if job.variant == "cnn" and child in self.jobs and job_status(self.work, child, self.state) != "evaluated":
+            child_epoch = plan.epoch_seconds(measured, job.arch, "ic_only")
+            needed += (self.s.epochs["ic_only"] + 1) * (child_epoch or 0.0)
+        return needed
+
+    def fits(self, job: Job) -> bool:
+        """False for a job that cannot be carried to the next call and would not finish in this one."""
+        if self.carryable.get(job.arch, True):
+            return True
+        needed = self.seconds_needed(job)
+        left = self.stop_at - time.monotonic()
+        if needed is None or needed <= left:
+            return True
+        if job.key not in self.not_started:
+            self.not_started.add(job.key)
+            log.info("not starting %s: it needs about %.0f s at the epoch times measured so far, %.0f s are left, "
+                     "and it cannot resume in another call", job.key, needed, left)  # fmt: skip
+        return False
+
     # ------------------------------------------------------------------ jobs
     def command(self, job: Job, phase: str) -> list[str]:
         run = job.run_dir.as_posix()
@@ -197,7 +299,7 @@ class Runner:
         if job.key in self.running or job.key in self.failed:
             return None
         status = job_status(self.work, job, self.state)
-        if status == "evaluated":
+        if status == "evaluated" and not self.parent_lost(job):
             return None
         if status == "trained":
             return "evaluate"
@@ -206,7 +308,23 @@ class Runner:
             parent.key in self.running or not (self.work / parent.run_dir / "model.pt").is_file()
         ):
             return None
-        return "train"
+        return "train" if self.fits(job) else None
+
+    def parent_lost(self, job: Job) -> bool:
+        """A finished CNN whose model.pt did not come with the resume pack while its IC-only child still needs it:
+        it is trained again (and published again: ingest the calls in order). Resets its state when so."""
+        child = Job(job.arch, job.seed, "ic_only")
+        if job.variant != "cnn" or child not in self.jobs or job_status(self.work, child, self.state) == "evaluated":
+            return False
+        if (self.work / job.run_dir / "model.pt").is_file():
+            return False
+        log.warning("%s is finished but its model.pt was not carried to this call (too large for the resume pack), "
+                    "and %s needs it: training it again", job.key, child.key)  # fmt: skip
+        entry = self.state.job(job)
+        entry["evaluated"] = False
+        entry["published"] = False
+        self.state.save()
+        return True
 
     def launch(self, job: Job, phase: str) -> None:
         (self.work / job.run_dir).mkdir(parents=True, exist_ok=True)
@@ -222,6 +340,7 @@ class Runner:
         log.info("start %-8s %s", phase, job.key)
 
     def reap(self, item: Running, rc: int, stopped: bool = False) -> None:
+        self.measure(force=True)
         seconds = time.monotonic() - item.started
         item.log_file.close()
         del self.running[item.job.key]
@@ -275,7 +394,8 @@ class Runner:
                 self.stop_all()
                 self.call["stopped"] = reason
                 return
-            for job in self.jobs:
+            self.measure()
+            for job in self.start_order():
                 if len(self.running) >= self.slots:
                     break
                 phase = self.ready(job)
@@ -318,6 +438,8 @@ class Runner:
     def summary(self) -> dict[str, Any]:
         wall = time.monotonic() - self.start
         self.call["wall_s"] = round(wall, 1)
+        if self.not_started:
+            self.call["not_started"] = sorted(self.not_started)  # would not have finished in this call
         jobs = {}
         for job in self.jobs:
             status = job_status(self.work, job, self.state)
@@ -369,7 +491,7 @@ class Runner:
         published = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
         published_parts = math.ceil(pack.archive_size(root, published) / part)
         members = self.resume_members()
-        limit = min(self.s.resume_max_mib * pack.MIB, (self.s.max_files - 2 - published_parts) * part)
+        limit = min(self.resume_mib * pack.MIB, (self.s.max_files - 2 - published_parts) * part)
         dropped = []
         while len(members) > 1 and pack.archive_size(self.work, members) > limit:
             largest = max(members[1:], key=lambda m: (self.work / m).stat().st_size)
@@ -393,6 +515,7 @@ class Runner:
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         try:
             self.prepare_data()
+            self.plan_carry()
             if not self.stop_requested:
                 self.slots = self.resolve_jobs()
                 self.call["jobs"] = self.slots

@@ -267,6 +267,7 @@ def train_options(kind: str, seed: int | str, arch: str | None = None) -> str:
     parts += _option("--batch-size", recipe.get("batch_size"))
     parts += _option("--milestones", recipe.get("milestones"))
     parts += _option("--max-train-samples", recipe.get("max_train_samples"))
+    parts += _option("--clip-grad-norm", recipe.get("clip_grad_norm"))
     parts += _option("--weights", WEIGHTS.get(arch))
     return f"{_join(parts)} {device_options()}"
 

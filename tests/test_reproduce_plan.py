@@ -1,0 +1,179 @@
+"""What a device call can carry to the next (sdn.reproduce.plan), the trainer's progress.json (sdn.progress), and
+how the runner uses them: jobs that cannot resume in another call start first, and not when they cannot finish."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdn import io
+from sdn.models import create
+from sdn.progress import PROGRESS, read_progress, typical_epoch_seconds, write_progress
+from sdn.reproduce import plan
+from sdn.reproduce.grid import Job
+from sdn.reproduce.pack import MIB
+from sdn.reproduce.runner import Runner, Settings
+
+
+def test_the_resume_budget_leaves_room_for_the_archive_and_the_tree(tmp_path: Path) -> None:
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with open(archive, "wb") as handle:
+        handle.truncate(20 * 1024 * 1024)
+    assert plan.resume_budget_mib(archive) == pytest.approx(64 - 8 - 20)
+    assert plan.resume_budget_mib(None) == pytest.approx(64 - 8)
+    with open(archive, "wb") as handle:
+        handle.truncate(70 * 1024 * 1024)
+    assert plan.resume_budget_mib(archive) == 0.0
+
+
+def test_the_checkpoint_estimate_matches_a_saved_resume_state(tmp_path: Path) -> None:
+    model = create("resnet56", num_classes=10, input_size=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sum(o.sum() for o in model(torch.randn(2, 3, 32, 32))).backward()
+    optimizer.step()  # creates the momentum buffers
+    path = tmp_path / "last.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    saved_mib = path.stat().st_size / MIB
+    assert saved_mib <= plan.resume_checkpoint_mib("resnet56", 10, 32) <= saved_mib + 1.0
+
+
+def test_the_paper_archs_split_into_carried_and_not_on_cifar10() -> None:
+    budget = plan.resume_budget_mib(None) - 20  # a CIFAR archive is about 19 MiB
+    carry = plan.carryable_archs(["resnet56", "mobilenet", "vgg16bn", "wrn32_4"], 10, 32, budget)
+    assert carry == {"resnet56": True, "mobilenet": True, "vgg16bn": False, "wrn32_4": False}
+
+
+def test_epoch_seconds_are_measured_or_scaled_from_the_same_arch() -> None:
+    measured = {("vgg16bn", "cnn"): 2.0, ("vgg16bn", "sdn"): 3.0, ("wrn32_4", "sdn"): 5.5}
+    assert plan.epoch_seconds(measured, "vgg16bn", "sdn") == 3.0
+    assert plan.epoch_seconds(measured, "wrn32_4", "cnn") == pytest.approx(5.5 / 1.1)
+    assert plan.epoch_seconds(measured, "vgg16bn", "ic_only") == pytest.approx(max(2.0, 3.0 / 1.1) * 0.35)
+    assert plan.epoch_seconds(measured, "resnet56", "cnn") is None
+
+
+def test_progress_round_trip_and_a_broken_file(tmp_path: Path) -> None:
+    assert read_progress(tmp_path) is None
+    write_progress(tmp_path, 3, 100, [9.0, 2.0, 2.2, 2.1])
+    assert read_progress(tmp_path) == {"epoch": 3, "epochs": 100, "epoch_wall_s": [9.0, 2.0, 2.2, 2.1]}
+    assert typical_epoch_seconds([9.0, 2.0, 2.2, 2.1]) == pytest.approx(2.1)  # the warm-up epoch left out
+    assert typical_epoch_seconds([4.0]) == 4.0 and typical_epoch_seconds([]) is None
+    (tmp_path / PROGRESS).write_text("{not json")
+    assert read_progress(tmp_path) is None
+
+
+FAKE_JOB = """
+import sys, time, pathlib
+phase, run = sys.argv[1], pathlib.Path(sys.argv[2])
+time.sleep(0.2)
+run.mkdir(parents=True, exist_ok=True)
+(run / ("model.pt" if phase == "train" else "outputs.npz")).write_text("x")
+"""
+
+
+def _runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launched: list[str], **changes: object) -> Runner:
+    def command(self: Runner, job: Job, phase: str) -> list[str]:
+        launched.append(f"{phase} {job.key}")
+        return [sys.executable, "-c", FAKE_JOB, phase, job.run_dir.as_posix()]
+
+    monkeypatch.setattr(Runner, "command", command)
+    monkeypatch.setattr(Runner, "publish", lambda self, job: None)
+    settings = dict(out=tmp_path / "out", dataset="cifar10", archs=["resnet56", "vgg16bn"], seeds=[0],
+                    work=tmp_path / "work", archive=None, device="cpu", jobs=1, budget_s=60.0,
+                    reserve_s=1.0)  # fmt: skip
+    runner = Runner(Settings(**{**settings, **changes}))  # type: ignore[arg-type]
+    (runner.work / "logs").mkdir(exist_ok=True)
+    runner.carryable = {"resnet56": True, "vgg16bn": False}
+    return runner
+
+
+def test_jobs_that_cannot_resume_start_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launched: list[str] = []
+    runner = _runner(tmp_path, monkeypatch, launched)
+    runner.schedule()
+    trains = [entry.split()[1] for entry in launched if entry.startswith("train")]
+    assert trains[:3] == ["vgg16bn/s0/cnn", "vgg16bn/s0/sdn", "vgg16bn/s0/ic_only"]
+    assert len(trains) == 6 and all(runner.state.job(j)["evaluated"] for j in runner.jobs)
+
+
+def test_a_job_that_cannot_resume_is_not_started_when_it_would_not_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    launched: list[str] = []
+    runner = _runner(tmp_path, monkeypatch, launched, epochs={"cnn": 100, "ic_only": 25, "sdn": 100})
+    runner.state.job(Job("vgg16bn", 0, "cnn"))["epoch_wall_s"] = 2.0  # measured in an earlier call: 200 s a CNN
+    runner.state.job(Job("resnet56", 0, "cnn"))["epoch_wall_s"] = 2.0  # resnet56 is carried: no limit
+    with caplog.at_level("INFO", logger="sdn.reproduce"):
+        runner.schedule()
+    assert not any("vgg16bn" in entry for entry in launched)
+    assert sorted(e for e in launched if e.startswith("train")) == [f"train resnet56/s0/{v}" for v in
+                                                                    ("cnn", "ic_only", "sdn")]  # fmt: skip
+    assert runner.not_started == {"vgg16bn/s0/cnn", "vgg16bn/s0/sdn"}
+    assert "not starting vgg16bn/s0/cnn: it needs about" in caplog.text
+    runner.environment = {}
+    assert runner.summary()["calls"][-1]["not_started"] == ["vgg16bn/s0/cnn", "vgg16bn/s0/sdn"]
+
+    launched.clear()  # a longer call: the same estimate now fits (CNN 101 epochs + its IC-only child 26 x 0.7 s)
+    again = _runner(tmp_path, monkeypatch, launched, epochs={"cnn": 100, "ic_only": 25, "sdn": 100}, budget_s=400.0)
+    assert again.seconds_needed(Job("vgg16bn", 0, "cnn")) == pytest.approx(101 * 2.0 + 26 * 2.0 * 0.35)
+    assert again.ready(Job("vgg16bn", 0, "cnn")) == "train"
+
+
+def test_a_partly_trained_job_needs_only_its_remaining_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = _runner(tmp_path, monkeypatch, [], epochs={"cnn": 100, "ic_only": 25, "sdn": 100})
+    job = Job("vgg16bn", 0, "sdn")
+    run = runner.work / job.run_dir
+    run.mkdir(parents=True)
+    (run / "last.pt").write_text("x")
+    write_progress(run, 90, 100, [3.0, 1.0, 1.0])
+    runner.measure(force=True)  # nothing running: nothing recorded
+    runner.state.job(job)["epoch_wall_s"] = 1.0
+    assert runner.seconds_needed(job) == pytest.approx(11 * 1.0)
+
+
+def test_a_finished_cnn_whose_checkpoint_was_not_carried_is_trained_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = _runner(tmp_path, monkeypatch, [])
+    cnn, child = Job("vgg16bn", 0, "cnn"), Job("vgg16bn", 0, "ic_only")
+    runner.state.job(cnn).update(evaluated=True, published=True)  # a resume pack without its model.pt
+    assert runner.ready(child) is None  # its parent's model.pt is missing
+    assert runner.ready(cnn) == "train"
+    assert runner.state.job(cnn)["evaluated"] is False
+    runner.state.job(child)["evaluated"] = True
+    runner.state.job(cnn)["evaluated"] = True
+    assert runner.ready(cnn) is None  # the child is done: nothing needs the CNN's checkpoint
+
+
+def test_the_runner_records_the_resume_budget_of_the_call(tmp_path: Path) -> None:
+    archive = tmp_path / "c10.tar.gz"
+    with open(archive, "wb") as handle:
+        handle.truncate(19 * 1024 * 1024)
+    settings = Settings(out=tmp_path / "out", dataset="cifar10", archs=["resnet56"], seeds=[0],
+                        work=tmp_path / "work", archive=archive, device="cpu")  # fmt: skip
+    runner = Runner(settings)
+    assert runner.resume_mib == pytest.approx(64 - 8 - 19)
+    assert io.read_json(runner.work / "state.json")["calls"][-1]["resume_max_mib"] == pytest.approx(37.0)
+    assert os.path.basename(str(runner.call["settings"]["archive"])) == "c10.tar.gz"
+
+
+def test_restart_removes_a_jobs_files_and_state(tmp_path: Path) -> None:
+    settings = dict(out=tmp_path / "out", dataset="cifar10", archs=["resnet56"], seeds=[0], work=tmp_path / "work",
+                    archive=None, device="cpu")  # fmt: skip
+    first = Runner(Settings(**settings))  # type: ignore[arg-type]
+    diverged, kept = Job("resnet56", 0, "sdn"), Job("resnet56", 0, "cnn")
+    for job in (diverged, kept):
+        (first.work / job.run_dir).mkdir(parents=True)
+        (first.work / job.run_dir / "last.pt").write_text("x")
+        first.state.add_segment(job, {"phase": "train", "seconds": 5.0, "rc": 1})
+    again = Runner(Settings(**settings, restart=["resnet56/s0/sdn"]))  # type: ignore[arg-type]
+    assert not (again.work / diverged.run_dir).exists() and (again.work / kept.run_dir / "last.pt").is_file()
+    assert "resnet56/s0/sdn" not in io.read_json(again.work / "state.json")["jobs"]
+    assert again.state.wall_seconds(kept) == 5.0
+    with pytest.raises(ValueError, match=r"--restart: \['wrn32_4/s0/sdn'\] are not jobs of this grid"):
+        Runner(Settings(**settings, restart=["wrn32_4/s0/sdn"]))  # type: ignore[arg-type]
