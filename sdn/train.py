@@ -266,7 +266,7 @@ def train_one_epoch(
         raise RuntimeError(
             f"non-finite or diverged loss (above {DIVERGED_LOSS:g}) at epoch {epoch} step {bad_step} (of {steps}); "
             "training stopped, the last good checkpoint (last.pt from the previous epoch, if any) is unchanged. "
-            "Try a lower --lr: with short "
+            "Try a lower --lr, or --clip-grad-norm 1 (not in the paper; recorded in the recipe): with short "
             "schedules the internal classifiers' loss weights grow fast, and deep networks whose ICs read large "
             "features then diverge (SDN training on digits at batch 32: vgg16bn and wrn32_4 diverge at lr 0.05; "
             "vgg16bn trains at 0.01; wrn32_4 stays unstable even at 0.005, but its CNN trains at 0.05 and "

@@ -177,3 +177,28 @@ def test_restart_removes_a_jobs_files_and_state(tmp_path: Path) -> None:
     assert again.state.wall_seconds(kept) == 5.0
     with pytest.raises(ValueError, match=r"--restart: \['wrn32_4/s0/sdn'\] are not jobs of this grid"):
         Runner(Settings(**settings, restart=["wrn32_4/s0/sdn"]))  # type: ignore[arg-type]
+
+
+def test_the_resume_pack_leaves_out_the_least_training_per_byte(tmp_path: Path) -> None:
+    settings = dict(out=tmp_path / "out", dataset="cifar10", archs=["resnet56", "mobilenet"], seeds=[0],
+                    work=tmp_path / "work", archive=None, device="cpu")  # fmt: skip
+    runner = Runner(Settings(**settings))  # type: ignore[arg-type]
+    files = {  # job: (size, training seconds so far)
+        Job("mobilenet", 0, "cnn"): (60_000, 480.0),  # large, but eight minutes of training
+        Job("resnet56", 0, "cnn"): (20_000, 30.0),  # small, half a minute
+        Job("resnet56", 0, "sdn"): (2_000, 20.0),
+    }
+    members = ["state.json"]
+    runner.state.save()
+    for job, (size, seconds) in files.items():
+        (runner.work / job.run_dir).mkdir(parents=True)
+        (runner.work / job.run_dir / "last.pt").write_bytes(b"x" * size)
+        runner.state.add_segment(job, {"phase": "train", "seconds": seconds, "rc": 0, "stopped": True})
+        members.append(f"{job.run_dir.as_posix()}/last.pt")
+    kept, dropped = runner.fit_resume(members, limit=80_000)  # tar rounds up to 10,240-byte records
+    # by density resnet56/s0/cnn (1.5 ms/B) goes first, and then everything else fits: the eight minutes are kept
+    assert dropped == ["runs/resnet56/s0/cnn/last.pt"]
+    assert sorted(kept) == ["runs/mobilenet/s0/cnn/last.pt", "runs/resnet56/s0/sdn/last.pt", "state.json"]
+    kept, dropped = runner.fit_resume(members, limit=35_000)  # only the small ones fit: one left out is taken back
+    assert dropped == ["runs/mobilenet/s0/cnn/last.pt"] and "runs/resnet56/s0/cnn/last.pt" in kept
+    assert runner.fit_resume(members, limit=10**9) == (members, [])

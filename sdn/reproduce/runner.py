@@ -15,7 +15,8 @@ resumes from it on the next call) and start nothing new; publish every evaluated
 
 At most ``--max-files`` files of at most ``--part-mib`` MiB each (the device tool returns 8 of 16 MiB), the resume
 pack at most ``--resume-max-mib`` (default: what a call can carry in beside the archive, :mod:`sdn.reproduce.plan`);
-checkpoints that do not fit are left out, largest first, and listed in ``grid.json`` (those jobs start over).
+checkpoints that do not fit are left out, least training time per byte first, and listed in ``grid.json`` (those
+jobs start over).
 
 Jobs whose checkpoint could never be carried (VGG-16-BN's and WRN-32-4's ``last.pt``) start first in a call, and
 one is not started when its epoch times, measured in this grid (``progress.json`` of ``sdn train``), say it cannot
@@ -481,6 +482,27 @@ class Runner:
                 members += [(run / n).as_posix() for n in ("model.pt", "meta.json", "history.csv")]
         return [m for m in members if (self.work / m).is_file()]
 
+    def training_seconds(self, member: str) -> float:
+        """GPU seconds lost if ``member`` of the resume pack is left out: its job's training time so far."""
+        job = next((j for j in self.jobs if member.startswith(j.run_dir.as_posix() + "/")), None)
+        return self.state.wall_seconds(job, "train") if job is not None else 0.0
+
+    def fit_resume(self, members: list[str], limit: float) -> tuple[list[str], list[str]]:
+        """(kept, left out): ``members`` (state.json first, always kept) within ``limit`` bytes, leaving out first
+        the files holding the least training per byte, then taking back any left out that fit after all."""
+        size = {m: (self.work / m).stat().st_size for m in members}
+        kept, dropped = list(members), []
+        for member in sorted(members[1:], key=lambda m: self.training_seconds(m) / max(size[m], 1)):
+            if pack.archive_size(self.work, kept) <= limit:
+                break
+            kept.remove(member)
+            dropped.append(member)
+        for member in sorted(dropped, key=lambda m: size[m]):
+            if pack.archive_size(self.work, [*kept, member]) <= limit:
+                kept.append(member)
+                dropped.remove(member)
+        return kept, dropped
+
     def pack(self, summary: dict[str, Any]) -> None:
         out = self.s.out
         out.mkdir(parents=True, exist_ok=True)
@@ -490,13 +512,8 @@ class Runner:
         io.write_json(grid_file, summary)
         published = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
         published_parts = math.ceil(pack.archive_size(root, published) / part)
-        members = self.resume_members()
         limit = min(self.resume_mib * pack.MIB, (self.s.max_files - 2 - published_parts) * part)
-        dropped = []
-        while len(members) > 1 and pack.archive_size(self.work, members) > limit:
-            largest = max(members[1:], key=lambda m: (self.work / m).stat().st_size)
-            members.remove(largest)
-            dropped.append(largest)
+        members, dropped = self.fit_resume(self.resume_members(), limit)
         if dropped:
             log.warning("left out of resume.tar (too large for %d files of %.0f MiB): %s",
                         self.s.max_files, self.s.part_mib, ", ".join(dropped))  # fmt: skip
