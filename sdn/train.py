@@ -67,6 +67,9 @@ RESUME_DEFAULTS = {
 # of each epoch, so a diverged run stops instead of training on at chance accuracy (WRN-32-4 SDN training with
 # large IC loss weights at lr 0.1 reaches 1e6 within four steps).
 DIVERGED_LOSS = 1e5
+# max_train_samples takes a stratified subset, the same for every training seed (seed 0 of this stream), not the
+# first images: prepared ImageFolder data is sorted by class, so the first 2,000 CIFAR-10 images are all airplanes
+TRAIN_SUBSET_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,16 @@ class EpochResult:
 
 
 # ---------------------------------------------------------------- model, optimizer, loss
+
+
+def training_subset(split: Any, size: int) -> Any:
+    """A stratified subset of ``size`` images of the training split (a TensorSplit), the same for every training
+    seed; the whole split when it is not larger."""
+    from sdn.data import TensorSplit
+    from sdn.data.splits import subsample
+
+    chosen = subsample(split.labels, size, seed=0, stream=TRAIN_SUBSET_STREAM)
+    return TensorSplit(split.images[chosen], split.labels[chosen])
 
 
 def build_model(
@@ -397,7 +410,7 @@ def train(
     ``meta.json`` and ``history.csv`` and removes ``last.pt`` (``progress.json`` stays).
     ``on_epoch(epoch, metrics)`` is called after each epoch's checkpoint.
     """
-    from sdn.data import TensorSplit, load_prepared
+    from sdn.data import load_prepared
     from sdn.device import resolve_device
 
     if recipe.kind == "ic_only" and parent is None and weights is None:
@@ -421,7 +434,7 @@ def train(
     info = data.info
     train_split = data.split("train")
     if max_train_samples is not None:
-        train_split = TensorSplit(train_split.images[:max_train_samples], train_split.labels[:max_train_samples])
+        train_split = training_subset(train_split, max_train_samples)
     holdout = data.split("holdout") if data.has_split("holdout") else None
     holdout_batches = holdout_loader(holdout, info, target)
     batches_for = epoch_batches(engine, train_split, info, batch_size=recipe.batch_size, seed=seed, device=target)

@@ -335,3 +335,16 @@ def test_ic_weight_probe_reports_finite_and_diverged_training(tmp_path: Path) ->
     assert "IC loss weights of epoch 1: 0.011 0.013 " in calm.stdout
     wild = subprocess.run([*probe, "--steps", "30", "--lr", "1e6"], capture_output=True, text=True, timeout=600)
     assert wild.returncode == 1 and "diverged at step" in wild.stdout, wild.stdout + wild.stderr
+
+
+def test_a_training_subset_is_stratified_not_the_first_images() -> None:
+    from sdn.data import TensorSplit
+    from sdn.train import training_subset
+
+    labels = torch.arange(4).repeat_interleave(25)  # sorted by class, as prepared ImageFolder data is
+    split = TensorSplit(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2).clone(), labels)
+    subset = training_subset(split, 20)
+    assert torch.bincount(subset.labels).tolist() == [5, 5, 5, 5]
+    assert torch.equal(subset.images[:, 0, 0, 0].long() // 25, subset.labels)  # images travel with their labels
+    assert torch.equal(training_subset(split, 20).images, subset.images)  # the same subset every time
+    assert len(training_subset(split, 500).labels) == 100

@@ -71,7 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="bounded",
         help="IC pooling mix: bounded sigmoid weight at 0.5 (default) or unconstrained, random init (the original's)",
     )
-    parser.add_argument("--max-train-samples", type=int, help="use only the first N training images")
+    parser.add_argument(
+        "--max-train-samples",
+        type=int,
+        help="train on a stratified subset of N training images (the same for every seed)",
+    )
     parser.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on (fast engine)"
     )
