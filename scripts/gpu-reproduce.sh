@@ -17,6 +17,9 @@
 #   DEVICE     default cuda (cpu for a dry run); WORK: work folder (default .reproduce/<dataset>, git-ignored);
 #              RESUME_FROM: a folder with resume.tar.NN of an earlier call (carry it in, e.g. as .reproduce-in/);
 #              RESTART: jobs to start over, e.g. RESTART=wrn32_4/s0/sdn (a diverged run, retried with TRAIN_ARGS);
+#              DIVERGED_RETRY_ARGS: `sdn train` options with which a training that diverged starts over, once
+#              (default "--clip-grad-norm 1", not in the paper: recorded in the run's recipe and provenance; set it
+#              empty to let a diverged training fail instead);
 #              SMALL=1: toy data sizes (600 train images, 200 test, 100 held out) for a CPU check;
 #              TRAIN_ARGS / PREPARE_ARGS: extra `sdn train` / `sdn prepare-data` options (e.g. TRAIN_ARGS="--exits
 #              paper-original"); PART_MIB (16), MAX_FILES (8): the size limits of OUT; RESUME_MAX_MIB: the largest
@@ -40,7 +43,8 @@ args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --devi
       --jobs "${JOBS:-3}" --budget-s "${BUDGET_S:-3600}" --reserve-s "${RESERVE_S:-30}"
       --epochs-cnn "${EPOCHS_CNN:-100}" --epochs-ic-only "${EPOCHS_IC:-25}" --epochs-sdn "${EPOCHS_SDN:-100}"
       --batch-size "${BATCH:-128}" --prepare-args "$prepare_args" --train-args "${TRAIN_ARGS:-}"
-      --part-mib "${PART_MIB:-16}" --max-files "${MAX_FILES:-8}")
+      --part-mib "${PART_MIB:-16}" --max-files "${MAX_FILES:-8}"
+      "--diverged-retry-args=${DIVERGED_RETRY_ARGS---clip-grad-norm 1}")
 [ -n "${WORK:-}" ] && args+=(--work "$WORK")
 [ -n "${ARCHIVE:-}" ] && args+=(--archive "$ARCHIVE")
 [ -n "${RESUME_FROM:-}" ] && args+=(--resume-from "$RESUME_FROM")

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tracked(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"sdn {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return int(getattr(err, "exit_status", 2))  # sdn.train.TrainingDiverged: EXIT_DIVERGED
 
 
 def run_tracked(args: argparse.Namespace) -> int:

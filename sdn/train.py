@@ -67,9 +67,18 @@ RESUME_DEFAULTS = {
 # of each epoch, so a diverged run stops instead of training on at chance accuracy (WRN-32-4 SDN training with
 # large IC loss weights at lr 0.1 reaches 1e6 within four steps).
 DIVERGED_LOSS = 1e5
+# `sdn train` exits with this status when training diverged (TrainingDiverged), so that a scheduler (the reproduction
+# grid runner) can tell a diverged run, worth retrying with other options, from any other failure (status 2)
+EXIT_DIVERGED = 3
 # max_train_samples takes a stratified subset, the same for every training seed (seed 0 of this stream), not the
 # first images: prepared ImageFolder data is sorted by class, so the first 2,000 CIFAR-10 images are all airplanes
 TRAIN_SUBSET_STREAM = 3
+
+
+class TrainingDiverged(RuntimeError):
+    """A training loss was not finite or above :data:`DIVERGED_LOSS`; the last good checkpoint is unchanged."""
+
+    exit_status = EXIT_DIVERGED  # what `sdn train` exits with (sdn.cli)
 
 
 @dataclass(frozen=True)
@@ -236,8 +245,8 @@ def train_one_epoch(
     step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     clip_grad_norm: float | None = None,
 ) -> EpochResult:
-    """One pass over ``batches``; raises RuntimeError naming epoch and step if a loss is not finite or above
-    :data:`DIVERGED_LOSS`.
+    """One pass over ``batches``; raises :class:`TrainingDiverged` naming epoch and step if a loss is not finite or
+    above :data:`DIVERGED_LOSS`.
 
     Finiteness is tracked on the device and checked once at the end of the epoch (no per-step synchronisation);
     the caller must not checkpoint a failed epoch. ``step_fn(x, y) -> loss`` replaces the eager step (e.g. a
@@ -276,7 +285,7 @@ def train_one_epoch(
     seconds = time.perf_counter() - start
     bad_step = int(first_bad.item())
     if bad_step >= 0:
-        raise RuntimeError(
+        raise TrainingDiverged(
             f"non-finite or diverged loss (above {DIVERGED_LOSS:g}) at epoch {epoch} step {bad_step} (of {steps}); "
             "training stopped, the last good checkpoint (last.pt from the previous epoch, if any) is unchanged. "
             "Try a lower --lr, or --clip-grad-norm 1 (not in the paper; recorded in the recipe): with short "

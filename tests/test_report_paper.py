@@ -118,3 +118,31 @@ def test_empty_results_say_nothing_was_run(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     text = paper.paper_markdown(collect(tmp_path / "empty"))
     assert "_nothing to compare yet (not run)_" in text
+
+
+def test_runs_not_trained_with_the_papers_recipe_are_listed(tmp_path: Path) -> None:
+    from sdn.config import paper_recipe
+
+    root = _results(tmp_path)  # its meta.json files record no recipe
+    paper_sdn = paper_recipe("sdn", "resnet56").to_dict()
+    clipped = {**paper_sdn, "clip_grad_norm": 1.0}
+    for seed, recipe in ((0, paper_sdn), (1, clipped)):
+        meta = {"arch": "resnet56", "variant": "sdn", "recipe": recipe, "max_train_samples": None}
+        io.write_json(root / "cifar10" / "resnet56" / f"s{seed}" / "sdn" / "meta.json", meta)
+    meta = {"arch": "resnet56", "variant": "cnn", "recipe": {**paper_recipe("cnn", "resnet56").to_dict(), "lr": 0.05}}
+    io.write_json(root / "cifar10" / "resnet56" / "s0" / "cnn" / "meta.json", {**meta, "max_train_samples": 2000})
+
+    assert paper.recipe_deviations({"arch": "resnet56", "variant": "sdn", "recipe": paper_sdn}) == []
+    assert paper.recipe_deviations({"arch": "resnet56", "variant": "sdn", "recipe": clipped}) == [
+        ("clip_grad_norm", "1", "none")
+    ]
+    assert paper.recipe_deviations({"arch": "resnet56"}) is None
+    rows = {(r.dataset, r.variant, r.ours.split(" (")[-1]): r for r in paper.recipe_rows(collect(root))}
+    clipped_row = rows[("cifar10", "sdn", "s1)")]
+    assert clipped_row.ours == "clip_grad_norm 1 (s1)" and clipped_row.paper == "clip_grad_norm none"
+    assert ("cifar10", "sdn", "s0)") not in rows  # the paper's recipe: not listed
+    cnn = rows[("cifar10", "cnn", "s0)")]
+    assert cnn.ours == "lr 0.05; training images 2000 (subset) (s0)" and cnn.paper == "lr 0.1; training images all"
+    assert rows[("cifar10", "cnn", "s1)")].verdict.startswith("unknown")  # its meta.json holds no recipe
+    text = paper.paper_markdown(collect(root))
+    assert "### Training recipes" in text and "clip_grad_norm 1 (s1)" in text

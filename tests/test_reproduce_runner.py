@@ -90,6 +90,72 @@ def test_budget_stops_running_jobs_and_starts_no_more(tmp_path: Path, monkeypatc
     assert not runner.running
 
 
+# A training that diverges (exit status 3, as `sdn train` on TrainingDiverged) unless its options clip gradients
+# (argv[3]: "always" diverges whatever the options); everything else finishes at once.
+FAKE_DIVERGING = """
+import sys, pathlib
+phase, run, mode, options = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
+run.mkdir(parents=True, exist_ok=True)
+if phase == "train" and run.name == "sdn" and (mode == "always" or "--clip-grad-norm" not in options):
+    (run / "last.pt").write_text("x")
+    print("sdn train: error: non-finite or diverged loss (above 100000) at epoch 4 step 7 (of 351); try ...")
+    sys.exit(3)
+(run / ("model.pt" if phase == "train" else "outputs.npz")).write_text("x")
+"""
+
+
+def _diverging(monkeypatch: pytest.MonkeyPatch, mode: str, launched: list[tuple[str, str, list[str]]]) -> None:
+    def command(self: Runner, job: Job, phase: str) -> list[str]:
+        options = self.train_args(job) if phase == "train" else []
+        launched.append((phase, job.key, options))
+        return [sys.executable, "-c", FAKE_DIVERGING, phase, job.run_dir.as_posix(), mode, *options]
+
+    monkeypatch.setattr(Runner, "command", command)
+    monkeypatch.setattr(Runner, "publish", lambda self, job: None)
+
+
+def test_a_diverged_training_starts_over_once_with_the_retry_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched: list[tuple[str, str, list[str]]] = []
+    _diverging(monkeypatch, "unless-clipped", launched)
+    runner = Runner(_settings(tmp_path, train_args=["--exits", "paper"]))
+    (runner.work / "logs").mkdir()
+    runner.schedule()
+    sdn_trainings = [options for phase, key, options in launched if (phase, key) == ("train", "resnet56/s0/sdn")]
+    assert sdn_trainings == [["--exits", "paper"], ["--exits", "paper", "--clip-grad-norm", "1"]]
+    assert not runner.failed and all(runner.state.job(j)["evaluated"] for j in runner.jobs)
+    entry = runner.state.data["jobs"]["resnet56/s0/sdn"]
+    (attempt,) = entry["diverged"]
+    assert (attempt["epoch"], attempt["step"], attempt["steps"]) == (4, 7, 351)
+    assert attempt["train_args"] == ["--exits", "paper"] and len(attempt["segments"]) == 1
+    assert entry["retry_train_args"] == ["--clip-grad-norm", "1"]
+    assert [s["phase"] for s in entry["segments"]] == ["train", "evaluate"]  # the current attempt only
+    job = Job("resnet56", 0, "sdn")
+    assert runner.state.diverged_seconds(job) == attempt["segments"][0]["seconds"] > 0
+    runner.environment = {}  # set by run(), which also prepares data
+    summary = runner.summary()["jobs"]["resnet56/s0/sdn"]
+    assert summary["diverged"] == 1 and summary["train_args"][-2:] == ["--clip-grad-norm", "1"]
+    again = Runner(_settings(tmp_path, train_args=["--exits", "paper"]))  # the next call keeps the retry options
+    assert again.command(job, "train")[-4:] == ["--exits", "paper", "--clip-grad-norm", "1"]
+
+
+@pytest.mark.parametrize("retry", [[], ["--clip-grad-norm", "1"]])
+def test_a_training_that_diverges_again_or_without_retry_options_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry: list[str]
+) -> None:
+    launched: list[tuple[str, str, list[str]]] = []
+    _diverging(monkeypatch, "always", launched)
+    runner = Runner(_settings(tmp_path, diverged_retry_args=retry))
+    (runner.work / "logs").mkdir()
+    runner.schedule()
+    assert runner.failed == {"resnet56/s0/sdn": "train exited with 3 (diverged)"}
+    attempts = runner.state.data["jobs"]["resnet56/s0/sdn"]["diverged"]
+    assert len(attempts) == (2 if retry else 1)
+    assert sum(1 for phase, key, _ in launched if (phase, key) == ("train", "resnet56/s0/sdn")) == len(attempts)
+    assert runner.state.job(Job("resnet56", 0, "ic_only"))["evaluated"]  # the other jobs are not held up
+
+
 def test_pack_leaves_out_checkpoints_that_do_not_fit(tmp_path: Path) -> None:
     runner = Runner(_settings(tmp_path, part_mib=0.01, max_files=4, resume_max_mib=1.0))
     for variant, size in (("cnn", 30_000), ("sdn", 5_000)):

@@ -226,6 +226,22 @@ def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny, tiny_data
     assert not (out / "model.pt").exists()
 
 
+def test_sdn_train_exits_with_the_diverged_status(
+    tiny, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdn.cli import main
+    from sdn.train import EXIT_DIVERGED
+
+    monkeypatch.setenv("SDN_TRACKING", "off")
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "cnn", "--arch", tiny.ARCH, "--data", str(tiny_data), "--out", str(out),
+            "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--seed", "0"]  # fmt: skip
+    assert main([*argv, "--lr", "1e30"]) == EXIT_DIVERGED == 3  # a scheduler can tell it from other failures (2)
+    assert "diverged loss" in capsys.readouterr().err and not (out / "model.pt").exists()
+    assert main([*argv, "--lr", "0.01", "--out", str(tmp_path / "fine")]) == 0
+    assert main([*argv, "--lr", "-1"]) == 2
+
+
 def test_a_finite_runaway_loss_stops_training_as_diverged() -> None:
     model = nn.Linear(4, 3)
     with torch.no_grad():

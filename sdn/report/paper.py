@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdn.config import paper_recipe
 from sdn.report.collect import Collection, collect
 from sdn.report.labels import VARIANT_NAMES
 from sdn.report.summary import MAIN_POLICY, MAIN_RULE, dig, exit_names
@@ -302,6 +303,63 @@ def backdoor_rows(found: Collection) -> list[Row]:
     return rows
 
 
+# The recipe keys a run is compared on (backbone_mode is a documented choice, see config/paper-original.yaml)
+RECIPE_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "epochs", "milestones", "gamma", "batch_size",
+               "ic_max_coeffs", "clip_grad_norm")  # fmt: skip
+
+
+def recipe_deviations(meta: dict[str, Any] | None) -> list[tuple[str, str, str]] | None:
+    """``(key, ours, paper's)`` for each way the run's training (its meta.json) differs from the paper's recipe
+    (:func:`sdn.config.paper_recipe`) and for a training subset; [] where it followed it; None where meta.json does
+    not say (no recipe, or an architecture without a paper recipe)."""
+    try:
+        recipe, kind, arch = meta["recipe"], meta["variant"], meta["arch"]  # type: ignore[index]
+        paper = paper_recipe(kind, arch).to_dict()
+    except (TypeError, KeyError, ValueError):
+        return None
+    differs = []
+    for key in RECIPE_KEYS:
+        if key in recipe and _plain(recipe[key]) != _plain(paper[key]):
+            differs.append((key, _show(recipe[key]), _show(paper[key])))
+    if meta.get("max_train_samples"):  # type: ignore[union-attr]
+        differs.append(("training images", f"{meta['max_train_samples']} (subset)", "all"))  # type: ignore[index]
+    return differs
+
+
+def _plain(value: Any) -> Any:
+    return [float(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def recipe_rows(found: Collection) -> list[Row]:
+    """One row per network and variant (and way of deviating) whose training was not the paper's recipe, or whose
+    recipe is not recorded."""
+    rows = []
+    for (dataset, arch, variant), keys in _groups(found, ("cnn", "ic_only", "sdn")).items():
+        by_deviation: dict[tuple[tuple[str, str, str], ...] | None, list[str]] = {}
+        for key in keys:
+            deviation = recipe_deviations(found.get(key, variant).meta)  # type: ignore[union-attr]
+            if deviation != []:
+                by_deviation.setdefault(None if deviation is None else tuple(deviation), []).append(f"s{key.seed}")
+        for deviation, seeds in by_deviation.items():
+            if deviation is None:
+                row = Row(dataset, arch, variant, "training recipe", "—", f"not recorded ({', '.join(seeds)})",
+                          "unknown: no recipe in meta.json, or not a registered network")  # fmt: skip
+            else:
+                paper = "; ".join(f"{k} {theirs}" for k, _, theirs in deviation)
+                ours = "; ".join(f"{k} {mine}" for k, mine, _ in deviation) + f" ({', '.join(seeds)})"
+                row = Row(dataset, arch, variant, "training recipe", paper, ours, "not the paper's recipe")
+            rows.append(row)
+    return rows
+
+
 def headline_rows(found: Collection) -> list[Row]:
     """One line per claim over the whole grid."""
     rows = []
@@ -387,8 +445,22 @@ def paper_markdown(found: Collection, *, heading_level: int = 2) -> str:
         f"{h}# Backdoor",
         "",
         rows_markdown(backdoor_rows(found), ("dataset", "arch", "measure")),
+        f"{h}# Training recipes",
+        "",
+        "Runs whose training differed from the paper's recipe (`sdn.config.paper_recipe`: optimiser, learning rate "
+        "and its schedule, weight decay, epochs, batch size, IC loss weights, no gradient clipping; all training "
+        "images), as recorded in each run's meta.json. Their numbers above are not the paper's recipe's.",
+        "",
+        _recipes_markdown(found),
     ]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _recipes_markdown(found: Collection) -> str:
+    rows = recipe_rows(found)
+    if not rows and found.keys:
+        return "_every run followed the paper's recipe_\n"
+    return rows_markdown(rows)
 
 
 def update_readme(readme: str | Path, block: str) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sdn.config import PAPER_EPOCHS
 from sdn.reproduce.grid import VARIANTS
-from sdn.reproduce.runner import DEFAULT_TOP_K, REPO, Runner, Settings, log
+from sdn.reproduce.runner import DEFAULT_TOP_K, DIVERGED_RETRY_ARGS, REPO, Runner, Settings, log
 
 
 def _jobs(text: str) -> int:
@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "as for a diverged run retried with other --train-args",
     )
     p.add_argument(
+        "--diverged-retry-args",
+        default=shlex.join(DIVERGED_RETRY_ARGS),
+        help="`sdn train` options added when a diverged training starts over, once (default %(default)r; '': a "
+        "diverged training fails)",
+    )
+    p.add_argument(
         "--top-k",
         type=int,
         help="publish only the k largest logits of each row (0: all); default: 10 for cifar100, all for cifar10",
@@ -106,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         train_args=shlex.split(a.train_args), part_mib=a.part_mib, max_files=a.max_files,
         resume_max_mib=a.resume_max_mib, resume_from=a.resume_from,
         restart=[x for x in a.restart.replace(",", " ").split() if x],
+        diverged_retry_args=shlex.split(a.diverged_retry_args),
         top_k=(a.top_k or None) if a.top_k is not None else DEFAULT_TOP_K.get(a.dataset),
     )  # fmt: skip
 

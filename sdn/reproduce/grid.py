@@ -64,7 +64,8 @@ def job_status(work: Path, job: Job, state: GridState) -> str:
 
 
 class GridState:
-    """``state.json``: per job its time segments and whether it was evaluated (and published); the calls made."""
+    """``state.json``: per job its time segments and whether it was evaluated (and published), its diverged attempts
+    (``diverged``) and the options it was retried with (``retry_train_args``); the calls made."""
 
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path = path
@@ -93,7 +94,12 @@ class GridState:
         self.save()
 
     def wall_seconds(self, job: Job, phase: str | None = None) -> float:
+        """Seconds spent on ``job`` (in ``phase``) by its current attempt (diverged attempts: diverged_seconds)."""
         return sum(s["seconds"] for s in self.job(job)["segments"] if phase is None or s["phase"] == phase)
+
+    def diverged_seconds(self, job: Job) -> float:
+        """Seconds spent training the attempts of ``job`` that diverged and were started over."""
+        return sum(s["seconds"] for attempt in self.job(job).get("diverged", []) for s in attempt.get("segments", []))
 
     def save(self) -> None:
         io.write_json(self.path, self.data)

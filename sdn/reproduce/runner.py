@@ -21,6 +21,11 @@ jobs start over).
 Jobs whose checkpoint could never be carried (VGG-16-BN's and WRN-32-4's ``last.pt``) start first in a call, and
 one is not started when its epoch times, measured in this grid (``progress.json`` of ``sdn train``), say it cannot
 finish (with its evaluation, and a CNN's IC-only child) before the call ends; the slot goes to a job that can resume.
+
+A training that diverges (``sdn train`` exits with :data:`sdn.train.EXIT_DIVERGED`) starts over once from scratch with
+``--diverged-retry-args`` added (default ``--clip-grad-norm 1``: WRN-32-4's SDN training at the paper's lr 0.1 can
+diverge); the diverged attempt is kept in ``state.json`` and in the run's provenance, and the report lists the
+recipe's deviation from the paper's. A second divergence fails the job.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -46,6 +52,7 @@ from sdn.config import PAPER_EPOCHS
 from sdn.progress import read_progress, typical_epoch_seconds
 from sdn.reproduce import pack, plan, publish
 from sdn.reproduce.grid import STATE_FILE, VARIANTS, GridState, Job, grid_jobs, job_status
+from sdn.train import EXIT_DIVERGED
 
 log = logging.getLogger("sdn.reproduce")
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +61,9 @@ MEASURE_EVERY_S = 5.0  # how often the running jobs' progress.json is read
 FALLBACK_JOBS = 3  # JOBS=auto when the measurement fails
 # CIFAR-100's dense float16 logits take about 21 MB a run: too much for the return limits and the published folder
 DEFAULT_TOP_K = {"cifar100": 10}
+# Added to a diverged training's options when it starts over (not in the paper; recorded in the recipe and provenance)
+DIVERGED_RETRY_ARGS = ("--clip-grad-norm", "1")
+_DIVERGED_AT = re.compile(r"at epoch (\d+) step (\d+) \(of (\d+)\)")
 
 
 @dataclass
@@ -78,6 +88,7 @@ class Settings:
     resume_max_mib: float | None = None  # None: plan.resume_budget_mib(archive), what a call carries in beside it
     resume_from: Path | None = None
     restart: list[str] = field(default_factory=list)  # job keys to start over (files and state removed)
+    diverged_retry_args: list[str] = field(default_factory=lambda: list(DIVERGED_RETRY_ARGS))  # []: no retry
     python: str = sys.executable
     top_k: int | None = None  # publish only each row's k largest logits (None: all, float16)
     auto_candidates: tuple[int, ...] = (1, 2, 3, 4)  # job counts measured when jobs == 0 (JOBS=auto)
@@ -293,7 +304,35 @@ class Runner:
                    "--epochs", str(self.s.epochs[job.variant]), "--batch-size", str(self.s.batch_size)]  # fmt: skip
         if job.parent is not None:
             command += ["--parent", f"{job.parent.run_dir.as_posix()}/model.pt"]
-        return command + self.s.train_args
+        return command + self.train_args(job)
+
+    def train_args(self, job: Job) -> list[str]:
+        """The extra ``sdn train`` options of ``job``: the grid's, then those of a retry after a divergence."""
+        return [*self.s.train_args, *self.state.job(job).get("retry_train_args", [])]
+
+    def log_path(self, job: Job) -> Path:
+        return self.work / "logs" / f"{job.arch}_s{job.seed}_{job.variant}.log"
+
+    def retry_diverged(self, job: Job) -> bool:
+        """After ``job``'s training diverged: record the attempt and, the first time, start the job over with
+        ``diverged_retry_args`` (True). False when it is not retried (no retry args, or it diverged on a retry)."""
+        entry = self.state.job(job)
+        attempt: dict[str, Any] = {"train_args": self.train_args(job)}
+        log_file = self.log_path(job)
+        found = _DIVERGED_AT.findall(log_file.read_text(errors="replace")) if log_file.is_file() else []
+        if found:
+            attempt.update(zip(("epoch", "step", "steps"), map(int, found[-1]), strict=True))
+        entry.setdefault("diverged", []).append(attempt)
+        retry = bool(self.s.diverged_retry_args) and "retry_train_args" not in entry
+        if retry:  # the attempt's time moves out of the job's own wall time (GridState.diverged_seconds)
+            attempt["segments"], entry["segments"] = entry["segments"], []
+            entry["retry_train_args"] = list(self.s.diverged_retry_args)
+            shutil.rmtree(self.work / job.run_dir, ignore_errors=True)
+            log.warning("DIVERGED %s (epoch %s step %s): starting it over with %s", job.key,
+                        attempt.get("epoch", "?"), attempt.get("step", "?"),
+                        shlex.join(self.s.diverged_retry_args))  # fmt: skip
+        self.state.save()
+        return retry
 
     def ready(self, job: Job) -> str | None:
         """The phase ``job`` can start now, or None."""
@@ -329,8 +368,7 @@ class Runner:
 
     def launch(self, job: Job, phase: str) -> None:
         (self.work / job.run_dir).mkdir(parents=True, exist_ok=True)
-        log_path = self.work / "logs" / f"{job.arch}_s{job.seed}_{job.variant}.log"
-        handle = open(log_path, "ab")  # noqa: SIM115 (closed when the process is reaped)
+        handle = open(self.log_path(job), "ab")  # noqa: SIM115 (closed when the process is reaped)
         command = self.command(job, phase)
         handle.write(f"\n# {now_iso()} {shlex.join(command)}\n".encode())
         handle.flush()
@@ -352,8 +390,11 @@ class Runner:
         if stopped:
             log.info("stopped %-6s %s after %.0f s (budget)", item.phase, item.job.key, seconds)
             return
+        if rc == EXIT_DIVERGED and item.phase == "train" and self.retry_diverged(item.job):
+            return
         if rc != 0:
-            self.failed[item.job.key] = f"{item.phase} exited with {rc}"
+            diverged = " (diverged)" if rc == EXIT_DIVERGED and item.phase == "train" else ""
+            self.failed[item.job.key] = f"{item.phase} exited with {rc}{diverged}"
             log.warning("FAILED %s %s (rc %d); see logs/%s_s%d_%s.log", item.phase, item.job.key, rc,
                         item.job.arch, item.job.seed, item.job.variant)  # fmt: skip
             return
@@ -422,13 +463,15 @@ class Runner:
             "device": self.s.device,
             "epochs": self.s.epochs[job.variant],
             "batch_size": self.s.batch_size,
-            "train_args": self.s.train_args,
+            "train_args": self.train_args(job),
             "prepare_args": self.s.prepare_args,
             "wall_s": {
                 "train": round(self.state.wall_seconds(job, "train"), 1),
                 "evaluate": round(self.state.wall_seconds(job, "evaluate"), 1),
+                "diverged_attempts": round(self.state.diverged_seconds(job), 1),
             },
             "segments": entry["segments"],
+            "diverged_attempts": entry.get("diverged", []),
             "concurrent_jobs": self.slots,
         }
         dest = self.published_root() / "reproduction" / self.s.dataset / job.arch / f"s{job.seed}" / job.variant
@@ -450,6 +493,8 @@ class Runner:
                 "train_wall_s": round(self.state.wall_seconds(job, "train"), 1),
                 "evaluate_wall_s": round(self.state.wall_seconds(job, "evaluate"), 1),
                 "segments": len(self.state.job(job)["segments"]),
+                "diverged": len(self.state.job(job).get("diverged", [])),
+                "train_args": self.train_args(job),
             }
         done = sum(1 for j in jobs.values() if j["status"] == "evaluated")
         return {
