@@ -13,7 +13,7 @@ import torch
 from sdn import io
 from sdn.models import create
 from sdn.progress import PROGRESS, read_progress, typical_epoch_seconds, write_progress
-from sdn.reproduce import plan
+from sdn.reproduce import pack, plan
 from sdn.reproduce.grid import Job
 from sdn.reproduce.pack import MIB
 from sdn.reproduce.runner import Runner, Settings
@@ -43,8 +43,12 @@ def test_the_checkpoint_estimate_matches_a_saved_resume_state(tmp_path: Path) ->
 
 def test_the_paper_archs_split_into_carried_and_not_on_cifar10() -> None:
     budget = plan.resume_budget_mib(None) - 20  # a CIFAR archive is about 19 MiB
-    carry = plan.carryable_archs(["resnet56", "mobilenet", "vgg16bn", "wrn32_4"], 10, 32, budget)
-    assert carry == {"resnet56": True, "mobilenet": True, "vgg16bn": False, "wrn32_4": False}
+    archs = ["resnet56", "mobilenet", "vgg16bn", "wrn32_4"]
+    carry = plan.carryable_archs(archs, 10, 32, budget)
+    # WRN-32-4's last.pt (about 58 MiB) travels as its weights (29 MiB); VGG-16-BN's weights alone are 59 MiB
+    assert carry == {"resnet56": True, "mobilenet": True, "vgg16bn": False, "wrn32_4": True}
+    whole = {a: plan.resume_checkpoint_mib(a, 10, 32) <= budget for a in archs}
+    assert whole == {"resnet56": True, "mobilenet": True, "vgg16bn": False, "wrn32_4": False}
 
 
 def test_epoch_seconds_are_measured_or_scaled_from_the_same_arch() -> None:
@@ -202,3 +206,50 @@ def test_the_resume_pack_leaves_out_the_least_training_per_byte(tmp_path: Path) 
     kept, dropped = runner.fit_resume(members, limit=35_000)  # only the small ones fit: one left out is taken back
     assert dropped == ["runs/mobilenet/s0/cnn/last.pt"] and "runs/resnet56/s0/cnn/last.pt" in kept
     assert runner.fit_resume(members, limit=10**9) == (members, [])
+
+
+def _resume_state(epoch: int, weights: int, momentum: int) -> dict:
+    """A resume state in the layout sdn.train writes: weights and SGD momentum of the given byte sizes."""
+    rng = torch.Generator().manual_seed(epoch)
+    return {
+        "identity": {"arch": "resnet56"},
+        "epoch": epoch,
+        "model": {"w": torch.rand(weights // 4, generator=rng)},
+        "optimizer": {"state": {0: {"momentum_buffer": torch.rand(momentum // 4, generator=rng)}},
+                      "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0]}]},
+    }  # fmt: skip
+
+
+def test_a_checkpoint_too_large_to_carry_whole_travels_as_its_weights(tmp_path: Path) -> None:
+    from sdn import checkpoint
+
+    settings = dict(out=tmp_path / "out", dataset="cifar10", archs=["wrn32_4"], seeds=[0], work=tmp_path / "work",
+                    archive=None, device="cpu", resume_max_mib=0.5)  # fmt: skip
+    runner = Runner(Settings(**settings))  # type: ignore[arg-type]
+    sdn_job, cnn_job = Job("wrn32_4", 0, "sdn"), Job("wrn32_4", 0, "cnn")
+    checkpoint.save_resume_state(runner.work / sdn_job.run_dir, _resume_state(7, 300_000, 300_000))  # 0.57 MiB
+    checkpoint.save_resume_state(runner.work / cnn_job.run_dir, _resume_state(2, 400_000, 400_000))
+    runner.state.add_segment(sdn_job, {"phase": "train", "seconds": 70.0, "rc": 0, "stopped": True})
+    runner.state.add_segment(cnn_job, {"phase": "train", "seconds": 20.0, "rc": 0, "stopped": True})
+    runner.environment = {}
+    summary = runner.summary()
+    runner.pack(summary)
+    # both whole ones are too large; only one weights-only copy fits: the one holding more training per byte
+    assert summary["resume_weights_only"] == ["runs/wrn32_4/s0/sdn/last.pt"]
+    assert summary["resume_left_out"] == ["runs/wrn32_4/s0/cnn/last.pt"]
+    assert sorted(pack.unpack(runner.s.out, "resume", tmp_path / "peek")) == [
+        "carry/runs/wrn32_4/s0/sdn/last.pt", "state.json"
+    ]  # fmt: skip
+    full = runner.work / sdn_job.run_dir / "last.pt"
+    assert checkpoint.load_resume_state(full.parent, "cpu")["optimizer"]["state"]  # the work folder keeps its own
+
+    warm = Runner(Settings(**settings))  # type: ignore[arg-type]  # the same work folder: nothing is replaced
+    assert checkpoint.load_resume_state(full.parent, "cpu")["optimizer"]["state"]
+    assert "optimizer_state_reset" not in warm.state.job(sdn_job) and not (warm.work / "carry").exists()
+
+    fresh = Runner(Settings(**{**settings, "work": tmp_path / "fresh", "resume_from": runner.s.out}))  # type: ignore[arg-type]
+    state = checkpoint.load_resume_state(fresh.work / sdn_job.run_dir, "cpu")
+    assert state["epoch"] == 7 and state["optimizer"]["state"] == {}
+    assert torch.equal(state["model"]["w"], _resume_state(7, 300_000, 300_000)["model"]["w"])
+    assert fresh.state.job(sdn_job)["optimizer_state_reset"] == [{"epoch": 7}]
+    assert not (fresh.work / "carry").exists() and not (fresh.work / cnn_job.run_dir / "last.pt").exists()

@@ -242,6 +242,28 @@ def test_sdn_train_exits_with_the_diverged_status(
     assert main([*argv, "--lr", "-1"]) == 2
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_resumes_from_weights_without_optimizer_state(
+    tiny, tiny_data: Path, tmp_path: Path, optimizer: str
+) -> None:
+    """The GPU runner carries a last.pt too large for its resume pack as weights only (sdn.reproduce.runner)."""
+    out = tmp_path / "run"
+    recipe = tiny.recipe("sdn", optimizer=optimizer, lr=0.01, epochs=3, milestones=())
+
+    def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny.train(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
+    state = io.load_torch(out / "last.pt")
+    assert state["optimizer"]["state"]  # momentum / moments of the first epoch
+    state["optimizer"]["state"] = {}
+    checkpoint.save_resume_state(out, state)
+    tiny.train(tiny_data, out, recipe=recipe)
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3 and (out / "model.pt").is_file() and not (out / "last.pt").exists()
+
+
 def test_a_finite_runaway_loss_stops_training_as_diverged() -> None:
     model = nn.Linear(4, 3)
     with torch.no_grad():

@@ -1,9 +1,12 @@
 """What a device call can carry to the next one, and whether a job still fits in the time left.
 
 A device call carries in at most :data:`CARRY_LIMIT_MIB` (the working tree, the data archive and the resume pack of
-the previous call). A job whose resume checkpoint (``last.pt``: fp32 weights and SGD momentum) is larger than what
-is left for the resume pack cannot continue in another call: stopped, it starts over. The runner starts those jobs
-first in a call and does not start one that its measured epoch times say cannot finish before the call ends.
+the previous call). A stopped job's resume checkpoint (``last.pt``: fp32 weights and SGD momentum) travels whole when
+it fits in what is left for the resume pack, or else as its weights only (the optimizer's state left out: SGD's
+momentum restarts from zero on resume, recorded in the run's provenance). A job whose weights alone do not fit either
+(VGG-16-BN's, about 59 MiB on CIFAR-10) cannot continue in another call: stopped, it starts over. The runner starts
+those jobs first in a call and does not start one that its measured epoch times say cannot finish before the call
+ends.
 """
 
 from __future__ import annotations
@@ -28,20 +31,23 @@ def resume_budget_mib(archive: str | os.PathLike[str] | None) -> float:
     return max(CARRY_LIMIT_MIB - TREE_RESERVE_MIB - archive_mib, 0.0)
 
 
-def resume_checkpoint_mib(arch: str, num_classes: int, input_size: int) -> float:
-    """About the size of ``arch``'s ``last.pt`` in SDN training: 4 bytes a parameter for the weights and 4 for SGD's
-    momentum, 4 a buffer (batch-norm statistics), and a little for the rest of the state."""
+def resume_checkpoint_mib(arch: str, num_classes: int, input_size: int, *, optimizer: bool = True) -> float:
+    """About the size of ``arch``'s ``last.pt`` in SDN training: 4 bytes a parameter for the weights and (with
+    ``optimizer``) 4 for SGD's momentum, 4 a buffer (batch-norm statistics), and a little for the rest."""
     from sdn.models import create  # torch: only where a grid is planned
 
     model = create(arch, num_classes=num_classes, input_size=input_size)
     parameters = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
-    return (8 * parameters + 4 * buffers) / MIB + 0.5
+    return ((8 if optimizer else 4) * parameters + 4 * buffers) / MIB + 0.5
 
 
 def carryable_archs(archs: Iterable[str], num_classes: int, input_size: int, budget_mib: float) -> dict[str, bool]:
-    """Per arch: does a stopped job's ``last.pt`` fit in ``budget_mib`` (so it can resume in the next call)?"""
-    return {arch: resume_checkpoint_mib(arch, num_classes, input_size) <= budget_mib for arch in archs}
+    """Per arch: does a stopped job's ``last.pt``, at least as its weights only, fit in ``budget_mib`` (so it can
+    resume in the next call)?"""
+    return {
+        arch: resume_checkpoint_mib(arch, num_classes, input_size, optimizer=False) <= budget_mib for arch in archs
+    }
 
 
 def epoch_seconds(measured: Mapping[tuple[str, str], float], arch: str, variant: str) -> float | None:

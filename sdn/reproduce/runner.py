@@ -9,8 +9,10 @@ resumes from it on the next call) and start nothing new; publish every evaluated
 
 - ``published.tar.NN``: ``reproduction/<dataset>/<arch>/s<seed>/<variant>/`` of the runs finished so far, plus
   ``reproduction/<dataset>/grid.json``;
-- ``resume.tar.NN``: ``state.json``, the ``last.pt`` of unfinished jobs and the ``model.pt`` of trained but not
-  yet evaluated jobs and of CNNs whose IC-only child is unfinished (``--resume-from`` unpacks it on the next call);
+- ``resume.tar.NN``: ``state.json``, the ``last.pt`` of unfinished jobs (whole, or where that does not fit, its
+  weights only under ``carry/``: the optimizer's state restarts on resume, recorded as ``optimizer_state_reset``)
+  and the ``model.pt`` of trained but not yet evaluated jobs and of CNNs whose IC-only child is unfinished
+  (``--resume-from`` unpacks it on the next call);
 - ``grid.json`` (every job's status and wall times, the grid's wall time) and ``runner.log``.
 
 At most ``--max-files`` files of at most ``--part-mib`` MiB each (the device tool returns 8 of 16 MiB), the resume
@@ -18,7 +20,7 @@ pack at most ``--resume-max-mib`` (default: what a call can carry in beside the 
 checkpoints that do not fit are left out, least training time per byte first, and listed in ``grid.json`` (those
 jobs start over).
 
-Jobs whose checkpoint could never be carried (VGG-16-BN's and WRN-32-4's ``last.pt``) start first in a call, and
+Jobs whose checkpoint could never be carried, not even its weights (VGG-16-BN's), start first in a call, and
 one is not started when its epoch times, measured in this grid (``progress.json`` of ``sdn train``), say it cannot
 finish (with its evaluation, and a CNN's IC-only child) before the call ends; the slot goes to a job that can resume.
 
@@ -47,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sdn import io
+from sdn import checkpoint, io
 from sdn.config import PAPER_EPOCHS
 from sdn.progress import read_progress, typical_epoch_seconds
 from sdn.reproduce import pack, plan, publish
@@ -64,6 +66,8 @@ DEFAULT_TOP_K = {"cifar100": 10}
 # Added to a diverged training's options when it starts over (not in the paper; recorded in the recipe and provenance)
 DIVERGED_RETRY_ARGS = ("--clip-grad-norm", "1")
 _DIVERGED_AT = re.compile(r"at epoch (\d+) step (\d+) \(of (\d+)\)")
+# where the resume pack holds the weights-only last.pt of jobs whose whole one did not fit (relative to WORK)
+WEIGHTS_ONLY_DIR = "carry"
 
 
 @dataclass
@@ -132,6 +136,7 @@ class Runner:
             names = pack.unpack(settings.resume_from, "resume", self.work)
             log.info("unpacked %d files from %s/resume.tar.*", len(names), settings.resume_from)
         self.state = GridState.load(self.work, settings.dataset)
+        self.adopt_weights_only()
         self.restart(settings.restart)
         self.call: dict[str, Any] = {
             "started": now_iso(),
@@ -153,6 +158,23 @@ class Runner:
             log.info("restart %s: its files and state removed", key)
         if keys:
             self.state.save()
+
+    def adopt_weights_only(self) -> None:
+        """Put each weights-only ``last.pt`` that came in the resume pack into its run, where there is no whole one
+        (a warm work folder keeps its own), and record that the job's optimizer state restarts at that epoch."""
+        for job in self.jobs:
+            entry = self.state.data["jobs"].get(job.key)
+            carried = entry.pop("carried_weights_only", None) if entry else None
+            copy = self.work / WEIGHTS_ONLY_DIR / job.run_dir / checkpoint.LAST
+            target = self.work / job.run_dir / checkpoint.LAST
+            if carried is not None and copy.is_file() and not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(copy, target)
+                entry.setdefault("optimizer_state_reset", []).append(carried)  # type: ignore[union-attr]
+                log.info("%s resumes from the weights of epoch %s (its optimizer state was too large to carry)",
+                         job.key, carried.get("epoch", "?"))  # fmt: skip
+        shutil.rmtree(self.work / WEIGHTS_ONLY_DIR, ignore_errors=True)
+        self.state.save()
 
     # ------------------------------------------------------------------ data
     def prepare_data(self) -> None:
@@ -472,6 +494,8 @@ class Runner:
             },
             "segments": entry["segments"],
             "diverged_attempts": entry.get("diverged", []),
+            # resumed from weights only (the optimizer state did not fit in the resume pack): SGD momentum restarted
+            "optimizer_state_reset": entry.get("optimizer_state_reset", []),
             "concurrent_jobs": self.slots,
         }
         dest = self.published_root() / "reproduction" / self.s.dataset / job.arch / f"s{job.seed}" / job.variant
@@ -529,8 +553,31 @@ class Runner:
 
     def training_seconds(self, member: str) -> float:
         """GPU seconds lost if ``member`` of the resume pack is left out: its job's training time so far."""
-        job = next((j for j in self.jobs if member.startswith(j.run_dir.as_posix() + "/")), None)
+        path = member.removeprefix(WEIGHTS_ONLY_DIR + "/")
+        job = next((j for j in self.jobs if path.startswith(j.run_dir.as_posix() + "/")), None)
         return self.state.wall_seconds(job, "train") if job is not None else 0.0
+
+    def weights_only_copies(self, members: list[str]) -> dict[str, str]:
+        """{weights-only copy: original} for each ``last.pt`` in ``members``, written under :data:`WEIGHTS_ONLY_DIR`
+        (the optimizer's state left out: about half the size with SGD's momentum)."""
+        shutil.rmtree(self.work / WEIGHTS_ONLY_DIR, ignore_errors=True)
+        copies = {}
+        for job in self.jobs:
+            member = f"{job.run_dir.as_posix()}/{checkpoint.LAST}"
+            if member not in members:
+                continue
+            try:
+                state = checkpoint.load_resume_state(self.work / job.run_dir, "cpu")
+            except (OSError, ValueError) as error:  # a broken last.pt is not carried at all
+                log.warning("%s: %s", member, error)
+                continue
+            if state is None or not isinstance(state.get("optimizer"), dict):
+                continue
+            state["optimizer"] = {**state["optimizer"], "state": {}}
+            checkpoint.save_resume_state(self.work / WEIGHTS_ONLY_DIR / job.run_dir, state)
+            copies[f"{WEIGHTS_ONLY_DIR}/{member}"] = member
+            self.state.job(job)["weights_only_epoch"] = int(state["epoch"])
+        return copies
 
     def fit_resume(self, members: list[str], limit: float) -> tuple[list[str], list[str]]:
         """(kept, left out): ``members`` (state.json first, always kept) within ``limit`` bytes, leaving out first
@@ -559,6 +606,21 @@ class Runner:
         published_parts = math.ceil(pack.archive_size(root, published) / part)
         limit = min(self.resume_mib * pack.MIB, (self.s.max_files - 2 - published_parts) * part)
         members, dropped = self.fit_resume(self.resume_members(), limit)
+        copies = self.weights_only_copies(dropped)
+        if copies:  # a second pass: the weights-only copies compete with what was kept, by training time per byte
+            members, left = self.fit_resume([*members, *copies], limit)
+            carried = {copies[m] for m in members if m in copies}  # whole last.pt replaced by its weights
+            dropped = [m for m in dropped if m not in carried] + [m for m in left if m not in copies]
+        else:
+            carried = set()
+        for job in self.jobs:  # read by adopt_weights_only() of the next call (state.json is packed below)
+            entry = self.state.job(job)
+            epoch = entry.pop("weights_only_epoch", None)
+            entry.pop("carried_weights_only", None)
+            if f"{job.run_dir.as_posix()}/{checkpoint.LAST}" in carried:
+                entry["carried_weights_only"] = {"epoch": epoch}
+        self.state.save()
+        summary["resume_weights_only"] = sorted(carried)
         if dropped:
             log.warning("left out of resume.tar (too large for %d files of %.0f MiB): %s",
                         self.s.max_files, self.s.part_mib, ", ".join(dropped))  # fmt: skip
