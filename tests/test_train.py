@@ -204,15 +204,20 @@ def test_same_seed_gives_bit_identical_logits(tiny, tiny_data: Path, tmp_path: P
         assert not torch.equal(torch.stack(model(x)), logits[0])
 
 
-def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny, tiny_data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "nan"
-    recipe = tiny.recipe("cnn", epochs=3, milestones=())
+def _interrupt_after_first_epoch(tiny, data: Path, out: Path, recipe: Recipe) -> None:
+    """Train until the first epoch is done, then interrupt (as a stopped job): ``out/last.pt`` holds epoch 1."""
 
     def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tiny.train(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
+        tiny.train(data, out, recipe=recipe, on_epoch=stop_after_first)
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    recipe = tiny.recipe("cnn", epochs=3, milestones=())
+    _interrupt_after_first_epoch(tiny, tiny_data, out, recipe)
     last = out / "last.pt"
     state = io.load_torch(last)
     assert state["epoch"] == 1
@@ -249,12 +254,7 @@ def test_training_resumes_from_weights_without_optimizer_state(
     """The GPU runner carries a last.pt too large for its resume pack as weights only (sdn.reproduce.runner)."""
     out = tmp_path / "run"
     recipe = tiny.recipe("sdn", optimizer=optimizer, lr=0.01, epochs=3, milestones=())
-
-    def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        tiny.train(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
+    _interrupt_after_first_epoch(tiny, tiny_data, out, recipe)
     state = io.load_torch(out / "last.pt")
     assert state["optimizer"]["state"]  # momentum / moments of the first epoch
     state["optimizer"]["state"] = {}
@@ -304,12 +304,7 @@ def test_gradient_clipping_bounds_the_global_norm_and_is_validated() -> None:
 def test_a_last_pt_from_before_gradient_clipping_still_resumes(tiny, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "old"
     recipe = tiny.recipe("cnn", epochs=2, milestones=())
-
-    def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        tiny.train(tiny_data, out, recipe=recipe, on_epoch=stop_after_first)
+    _interrupt_after_first_epoch(tiny, tiny_data, out, recipe)
     state = io.load_torch(out / "last.pt")
     del state["identity"]["recipe"]["clip_grad_norm"]  # as written before the key existed
     checkpoint.save_resume_state(out, state)

@@ -557,9 +557,9 @@ class Runner:
         job = next((j for j in self.jobs if path.startswith(j.run_dir.as_posix() + "/")), None)
         return self.state.wall_seconds(job, "train") if job is not None else 0.0
 
-    def weights_only_copies(self, members: list[str]) -> dict[str, str]:
-        """{weights-only copy: original} for each ``last.pt`` in ``members``, written under :data:`WEIGHTS_ONLY_DIR`
-        (the optimizer's state left out: about half the size with SGD's momentum)."""
+    def weights_only_copies(self, members: list[str]) -> dict[str, tuple[str, int]]:
+        """{weights-only copy: (original, its epoch)} for each ``last.pt`` in ``members``, written under
+        :data:`WEIGHTS_ONLY_DIR` (the optimizer's state left out: about half the size with SGD's momentum)."""
         shutil.rmtree(self.work / WEIGHTS_ONLY_DIR, ignore_errors=True)
         copies = {}
         for job in self.jobs:
@@ -575,8 +575,7 @@ class Runner:
                 continue
             state["optimizer"] = {**state["optimizer"], "state": {}}
             checkpoint.save_resume_state(self.work / WEIGHTS_ONLY_DIR / job.run_dir, state)
-            copies[f"{WEIGHTS_ONLY_DIR}/{member}"] = member
-            self.state.job(job)["weights_only_epoch"] = int(state["epoch"])
+            copies[f"{WEIGHTS_ONLY_DIR}/{member}"] = (member, int(state["epoch"]))
         return copies
 
     def fit_resume(self, members: list[str], limit: float) -> tuple[list[str], list[str]]:
@@ -609,15 +608,15 @@ class Runner:
         copies = self.weights_only_copies(dropped)
         if copies:  # a second pass: the weights-only copies compete with what was kept, by training time per byte
             members, left = self.fit_resume([*members, *copies], limit)
-            carried = {copies[m] for m in members if m in copies}  # whole last.pt replaced by its weights
+            carried = dict(copies[m] for m in members if m in copies)  # {last.pt sent as its weights: epoch}
             dropped = [m for m in dropped if m not in carried] + [m for m in left if m not in copies]
         else:
-            carried = set()
+            carried = {}
         for job in self.jobs:  # read by adopt_weights_only() of the next call (state.json is packed below)
             entry = self.state.job(job)
-            epoch = entry.pop("weights_only_epoch", None)
             entry.pop("carried_weights_only", None)
-            if f"{job.run_dir.as_posix()}/{checkpoint.LAST}" in carried:
+            epoch = carried.get(f"{job.run_dir.as_posix()}/{checkpoint.LAST}")
+            if epoch is not None:
                 entry["carried_weights_only"] = {"epoch": epoch}
         self.state.save()
         summary["resume_weights_only"] = sorted(carried)
