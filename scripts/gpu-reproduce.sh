@@ -24,7 +24,8 @@
 #              TRAIN_ARGS / PREPARE_ARGS: extra `sdn train` / `sdn prepare-data` options (e.g. TRAIN_ARGS="--exits
 #              paper-original"); PART_MIB (16), MAX_FILES (8): the size limits of OUT; RESUME_MAX_MIB: the largest
 #              resume pack (default: 64 MiB, what a device call carries in, less the archive and 8 MiB for the tree);
-#              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10).
+#              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10);
+#              VARIANTS: the variants to train (default cnn,ic_only,sdn; ic_only needs cnn).
 # OUT receives published.tar.NN (finished runs, reproduction/ layout), resume.tar.NN (state + checkpoints of
 # unfinished jobs), grid.json (status and wall time of every job and of the grid), runner.log; at most MAX_FILES files
 # of at most PART_MIB MiB each. Install the finished runs: `python -m sdn.reproduce.ingest OUT`.
@@ -50,5 +51,6 @@ args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --devi
 [ -n "${RESUME_FROM:-}" ] && args+=(--resume-from "$RESUME_FROM")
 [ -n "${RESTART:-}" ] && args+=(--restart "$RESTART")
 [ -n "${TOP_K:-}" ] && args+=(--top-k "$TOP_K")
+[ -n "${VARIANTS:-}" ] && args+=(--variants "$VARIANTS")
 [ -n "${RESUME_MAX_MIB:-}" ] && args+=(--resume-max-mib "$RESUME_MAX_MIB")
 exec "$py" -m sdn.reproduce.cli "${args[@]}"

@@ -5,7 +5,8 @@ Both engines run the same model, loss and optimizer in one process, one after th
 - reference: the original's way — torchvision-style ``DataLoader`` over PIL images with the standard transforms in
   worker processes, eager fp32, and after every epoch an evaluation of the test set and of the whole training set;
 - fast: the uint8 split resident on the device, augmentation there in batch, channels_last, bf16 autocast and the
-  training step replayed as a CUDA graph on a GPU; after every epoch only the held-out split is evaluated.
+  training step replayed as a CUDA graph on a GPU (bf16 on the CPU with ``--amp``); after every epoch only the
+  held-out split is evaluated.
 
 Images/s are medians over timed windows after a warm-up. An epoch's time is projected from the measured rates
 with CIFAR-10's sizes, which is what the paper grid's projection uses. Optionally several fast-engine SDN-training
@@ -33,6 +34,7 @@ import torch
 
 from sdn.config import PAPER_EPOCHS, Recipe, paper_recipe
 from sdn.data import DatasetInfo, DeviceLoader, TensorSplit
+from sdn.device import cpu_model
 from sdn.graphs import GraphedTrainStep
 from sdn.models import MultiExitNet
 from sdn.models.cost import profile_model
@@ -66,6 +68,15 @@ class BenchSettings:
     input_size: int = 32
     num_classes: int = 10
     cpu_threads: int | None = None  # torch threads of each concurrent worker on a CPU (None: torch's default)
+    amp: bool | None = None  # the fast engine's bf16 autocast; None: on CUDA only (as `sdn train`)
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.type == "cuda" if self.amp is None else self.amp
+
+    def autocast(self) -> Any:
+        """The fast engine's autocast context (bf16 where :attr:`use_amp`), a no-op context otherwise."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_amp else nullcontext()
 
 
 def synthetic_split(n: int, settings: BenchSettings, seed: int = 0) -> tuple[TensorSplit, DatasetInfo]:
@@ -174,18 +185,17 @@ def fast_train_step(
                 optimizer,
                 num_outputs=model.num_exits,
                 active=[w != 0 for w in weights],
-                amp=True,
+                amp=s.use_amp,
                 channels_last=True,
             )
             graph_step.set_weights(weights)
             return graph_step, batches, lambda: graph_step.graph is not None and not graph_step.failed
         except RuntimeError as err:  # capture unsupported here: measure the eager fast step instead
             log.warning("CUDA graph capture failed (%s); measuring the eager fast step", err)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        with s.autocast():
             outputs = model(x.contiguous(memory_format=torch.channels_last))
         loss_fn(outputs, y, weights).backward()
         optimizer.step()
@@ -299,7 +309,7 @@ def eval_rate(arch: str, split: TensorSplit, info: DatasetInfo, s: BenchSettings
             drop_last=True,
             channels_last=True,
         )
-        autocast: Any = torch.autocast("cuda", dtype=torch.bfloat16) if s.device.type == "cuda" else nullcontext()
+        autocast: Any = s.autocast()
         batches = _cycle(lambda: iter(loader))
     else:
         autocast = nullcontext()
@@ -432,6 +442,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

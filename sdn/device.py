@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import platform
 import warnings
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -113,3 +114,15 @@ def resolve_device(request: str = "auto", allow_cpu_fallback: bool = False) -> t
             return torch.device("cpu")
         raise RuntimeError(message)
     raise ValueError(f"unknown device {request!r}; use one of {', '.join(DEVICE_CHOICES)} or cuda:N")
+
+
+def cpu_model(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what :mod:`platform` knows, or "unknown")."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

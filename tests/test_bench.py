@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from sdn.bench import project_paper_grid
+from sdn.bench import BenchSettings, project_paper_grid
 from sdn.config import PAPER_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,16 @@ def _sdn(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sdn", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+def test_fast_engine_autocast_follows_amp_as_sdn_train_does() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not BenchSettings(device=cpu).use_amp and BenchSettings(device=cuda).use_amp
+    assert BenchSettings(device=cpu, amp=True).use_amp and not BenchSettings(device=cuda, amp=False).use_amp
+    with BenchSettings(device=cpu, amp=True).autocast():
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
+    with BenchSettings(device=cpu).autocast():
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
 
 
 @pytest.mark.parametrize(

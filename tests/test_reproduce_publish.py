@@ -10,6 +10,7 @@ import pytest
 
 from sdn import io
 from sdn.analysis import early_exit, overthinking
+from sdn.device import cpu_model
 from sdn.outputs import compact_outputs, load_split
 from sdn.outputs import load as load_outputs
 from sdn.reproduce import pack, publish
@@ -120,6 +121,15 @@ def test_code_version_identifies_the_source() -> None:
     version = publish.code_version(Path(__file__).resolve().parents[1])
     assert len(version["source_sha256"]) == 64
     assert json.dumps(version)  # plain data
+
+
+def test_cpu_model_is_read_from_cpuinfo_or_falls_back(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU @ 2.0GHz\n\nprocessor\t: 1\n")
+    assert cpu_model(cpuinfo) == "Test CPU @ 2.0GHz"
+    assert cpu_model(tmp_path / "absent") not in ("", "Test CPU @ 2.0GHz")
+    machine = publish.environment()
+    assert machine["cpu"] and machine["cpu_count"] >= 1
 
 
 def test_pack_splits_into_bounded_parts_and_unpacks(tmp_path: Path) -> None:

@@ -156,6 +156,33 @@ def test_a_training_that_diverges_again_or_without_retry_options_fails(
     assert runner.state.job(Job("resnet56", 0, "ic_only"))["evaluated"]  # the other jobs are not held up
 
 
+def test_provenance_names_every_call_that_trained_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run trained over two calls (sessions, machines, code versions) lists both calls' code and machine."""
+    monkeypatch.setattr(Runner, "prepare_data", lambda self: None)
+    monkeypatch.setattr(Runner, "plan_carry", lambda self: None)
+    launched: list[tuple[str, str]] = []
+    _fake_commands(monkeypatch, 60.0, launched)  # the first call is cut while the CNN trains
+    monkeypatch.setattr(publish, "environment", lambda: {"gpus": [], "cpu": "first CPU"})
+    Runner(_settings(tmp_path, budget_s=1.5, reserve_s=0.5, jobs=1)).run()
+    _fake_commands(monkeypatch, 0.1, launched)
+    monkeypatch.setattr(publish, "environment", lambda: {"gpus": ["second GPU"], "cpu": "second CPU"})
+    second = Runner(_settings(tmp_path, device="cuda", jobs=1))
+    second.run()
+    assert launched[0] == ("train", "resnet56/s0/cnn") and len(second.state.data["calls"]) == 2
+    cnn = second.state.job(Job("resnet56", 0, "cnn"))["segments"]
+    assert [(s["phase"], bool(s.get("stopped"))) for s in cnn] == [
+        ("train", True),
+        ("train", False),
+        ("evaluate", False),
+    ]
+    calls = second.contributing_calls(cnn)
+    assert [c["environment"]["cpu"] for c in calls] == ["first CPU", "second CPU"]
+    assert [c["device"] for c in calls] == ["cpu", "cuda"]
+    assert all(len(c["code"]["source_sha256"]) == 64 and c["started"] for c in calls)
+    ic_only = second.contributing_calls(second.state.job(Job("resnet56", 0, "ic_only"))["segments"])
+    assert [c["environment"]["gpus"] for c in ic_only] == [["second GPU"]]
+
+
 def test_pack_leaves_out_checkpoints_that_do_not_fit(tmp_path: Path) -> None:
     runner = Runner(_settings(tmp_path, part_mib=0.01, max_files=4, resume_max_mib=1.0))
     for variant, size in (("cnn", 30_000), ("sdn", 5_000)):
@@ -228,6 +255,7 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
     provenance = publish.read_provenance(runs / "cnn")
     assert provenance["wall_s"]["train"] > 0 and len(provenance["checkpoint"]["sha256"]) == 64
     assert provenance["environment"]["torch"] and provenance["code"]["source_sha256"]
+    assert len(provenance["calls"]) == 2 and all(c["environment"]["cpu"] for c in provenance["calls"])
     with np.load(runs / "sdn" / "outputs.npz") as data:
         assert data["test_logits"].dtype == np.float16 and data["test_logits"].shape[0] == 7
 
@@ -239,6 +267,7 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
         (["--archs", "resnet56", "--seeds", "a"], "--seeds must be integers"),
         (["--archs", "resnet56", "--budget-s", "10", "--reserve-s", "20"], "--budget-s > --reserve-s"),
         (["--archs", "resnet56", "--jobs", "0"], "--jobs wants a positive count or 'auto'"),
+        (["--archs", "resnet56", "--variants", "ic_only,sdn"], "variant ic_only needs cnn in the grid"),
     ],
 )
 def test_runner_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
@@ -259,7 +288,8 @@ def test_a_missing_archive_is_named(tmp_path: Path) -> None:
 
 
 def test_script_reports_a_missing_archive_and_still_packs(tmp_path: Path) -> None:
-    env = {**os.environ, "ARCHIVE": str(tmp_path / "none.tar.gz"), "WORK": str(tmp_path / "work"), "DEVICE": "cpu"}
+    env = {**os.environ, "ARCHIVE": str(tmp_path / "none.tar.gz"), "WORK": str(tmp_path / "work"), "DEVICE": "cpu",
+           "VARIANTS": "cnn,ic_only"}  # fmt: skip
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu-reproduce.sh"), str(tmp_path / "out"), "cifar10", "resnet56"],
         env={**env, "PYTHON": sys.executable},
@@ -269,6 +299,8 @@ def test_script_reports_a_missing_archive_and_still_packs(tmp_path: Path) -> Non
     )
     assert result.returncode == 2 and "none.tar.gz not found" in result.stderr, result.stderr
     assert (tmp_path / "out" / "grid.json").is_file() and (tmp_path / "out" / "resume.tar.00").is_file()
+    jobs = json.loads((tmp_path / "out" / "grid.json").read_text())["jobs"]
+    assert sorted(jobs) == ["resnet56/s0/cnn", "resnet56/s0/ic_only"]  # VARIANTS: no SDN training in this grid
 
 
 def test_resume_from_is_ignored_when_the_work_folder_has_a_state(tmp_path: Path) -> None:

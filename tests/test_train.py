@@ -279,6 +279,23 @@ def test_a_finite_runaway_loss_stops_training_as_diverged() -> None:
     assert train_one_epoch(lambda x: [model(x)], batches, optimizer, [1.0], options=options, epoch=7).loss < 1e5
 
 
+def test_bf16_autocast_is_opt_in_on_the_cpu(tiny, tiny_data: Path, tmp_path: Path) -> None:
+    """amp=True runs the convolutions in bf16 on the CPU too (the loss stays fp32); the default there is fp32."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.zeros(1, 3, 8, 8))
+    seen: list[torch.dtype] = []
+    model[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))]
+    for amp, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        options = EngineOptions(device=torch.device("cpu"), channels_last=False, amp=amp)
+        result = train_one_epoch(lambda x: [model(x)], batches, optimizer, [1.0], options=options, epoch=1)
+        assert seen.pop() == dtype and np.isfinite(result.loss)
+    meta = io.read_json(tiny.train(tiny_data, tmp_path / "bf16", "cnn", amp=True).parent / "meta.json")
+    default = io.read_json(tiny.train(tiny_data, tmp_path / "fp32", "cnn").parent / "meta.json")
+    assert meta["amp"] is True and default["amp"] is False
+
+
 def test_gradient_clipping_bounds_the_global_norm_and_is_validated() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))

@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=32, choices=(32, 64))
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast in the fast engine (default: on CUDA, off on the CPU, as sdn train)",
+    )
+    parser.add_argument(
         "--concurrent-jobs",
         type=int,
         default=1,
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         input_size=args.input_size,
         num_classes=args.num_classes,
+        amp=args.amp,
     )
     kinds = tuple(k for k in args.recipes.split(",") if k)
     unknown = sorted(set(kinds) - set(bench.PAPER_EPOCHS))

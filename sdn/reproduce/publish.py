@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sdn import io
+from sdn.device import cpu_model
 from sdn.outputs import compact_outputs
 
 MANIFEST = "MANIFEST.sha256"
@@ -72,7 +73,7 @@ def code_version(repo: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    """Python, torch and CUDA versions and the GPU names (empty without CUDA)."""
+    """Python, torch and CUDA versions, the GPU names (empty without CUDA), the CPU's model and core count."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -82,6 +83,8 @@ def environment() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
     }
 
 

@@ -493,6 +493,7 @@ class Runner:
                 "diverged_attempts": round(self.state.diverged_seconds(job), 1),
             },
             "segments": entry["segments"],
+            "calls": self.contributing_calls(entry["segments"]),
             "diverged_attempts": entry.get("diverged", []),
             # resumed from weights only (the optimizer state did not fit in the resume pack): SGD momentum restarted
             "optimizer_state_reset": entry.get("optimizer_state_reset", []),
@@ -502,6 +503,19 @@ class Runner:
         publish.publish_run(self.work / job.run_dir, dest, provenance, top_k=self.s.top_k)
         entry["published"] = True
         self.state.save()
+
+    def contributing_calls(self, segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The calls that ran ``segments`` (each segment belongs to the last call started before it): when each
+        started, its device, code and machine. A run trained over several calls (or sessions) may span code
+        versions and machines; this says which."""
+        calls = self.state.data["calls"]
+        used: list[dict[str, Any]] = []
+        for segment in segments:
+            before = [c for c in calls if c["started"] <= segment["started"]]
+            if before and before[-1] not in used:
+                used.append(before[-1])
+        keys = ("started", "code", "environment")
+        return [{**{k: c[k] for k in keys if k in c}, "device": c["settings"].get("device")} for c in used]
 
     def summary(self) -> dict[str, Any]:
         wall = time.monotonic() - self.start
@@ -635,6 +649,9 @@ class Runner:
     # ------------------------------------------------------------------ all of it
     def run(self) -> dict[str, Any]:
         self.environment = publish.environment()
+        self.call["environment"] = self.environment
+        self.call["code"] = publish.code_version(REPO)
+        self.state.save()
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         try:
             self.prepare_data()
