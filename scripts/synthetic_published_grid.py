@@ -59,7 +59,7 @@ def write_grid(root: Path) -> None:
             meta.update(arch=arch, seed=seed, num_classes=CLASSES[dataset])
             (run / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     for dataset in CLASSES:
-        shutil.copy(TOY / "grid.json", root / dataset / "grid.json")
+        shutil.copy(TOY / "grid-cpu.json", root / dataset / "grid-cpu.json")
     publish.write_manifest(root)
 
 

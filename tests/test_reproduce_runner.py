@@ -250,6 +250,8 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
     for out in ("out1", "out2"):
         ingest.ingest(tmp_path / out, repo)
     publish.verify(repo / "reproduction")
+    grid = json.loads((repo / "reproduction" / "cifar10" / "grid-cpu.json").read_text())  # a GPU grid: grid-cuda
+    assert grid["complete"] and not (repo / "reproduction" / "cifar10" / "grid.json").exists()
     runs = repo / "reproduction" / "cifar10" / "resnet56" / "s0"
     assert sorted(p.name for p in runs.iterdir()) == ["cnn", "ic_only", "sdn"]
     provenance = publish.read_provenance(runs / "cnn")

@@ -20,7 +20,7 @@ def test_fixture_matches_its_manifest_and_has_every_run() -> None:
     publish.verify(FIXTURE)
     names = {p.relative_to(FIXTURE).as_posix() for p in RUNS}
     assert names == {f"cifar10/resnet56/s{s}/{v}" for s in (0, 1) for v in ("cnn", "ic_only", "sdn")}
-    grid = json.loads((FIXTURE / "cifar10" / "grid.json").read_text())
+    grid = json.loads((FIXTURE / "cifar10" / "grid-cpu.json").read_text())
     assert grid["complete"] and grid["jobs_done"] == 6
 
 

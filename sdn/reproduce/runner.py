@@ -8,7 +8,8 @@ resumes from it on the next call) and start nothing new; publish every evaluated
 (:mod:`sdn.reproduce.publish`) and pack, in ``OUT``:
 
 - ``published.tar.NN``: ``reproduction/<dataset>/<arch>/s<seed>/<variant>/`` of the runs finished so far, plus
-  ``reproduction/<dataset>/grid.json``;
+  ``reproduction/<dataset>/grid-<cpu|cuda>.json`` (the grid's summary, named by the kind of device it ran on, so that
+  a CPU grid and a GPU grid of one data set are both kept);
 - ``resume.tar.NN``: ``state.json``, the ``last.pt`` of unfinished jobs (whole, or where that does not fit, its
   weights only under ``carry/``: the optimizer's state restarts on resume, recorded as ``optimizer_state_reset``)
   and the ``model.pt`` of trained but not yet evaluated jobs and of CNNs whose IC-only child is unfinished
@@ -613,7 +614,7 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         part = int(self.s.part_mib * pack.MIB)
         root = self.published_root()
-        grid_file = root / "reproduction" / self.s.dataset / "grid.json"
+        grid_file = root / "reproduction" / self.s.dataset / published_grid_name(self.s.device)
         io.write_json(grid_file, summary)
         published = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
         published_parts = math.ceil(pack.archive_size(root, published) / part)
@@ -668,6 +669,12 @@ class Runner:
         log.info("%d/%d jobs done; this call %.0f s, grid %.0f s", summary["jobs_done"], summary["jobs_total"],
                  summary["call_wall_s"], summary["grid_wall_s"])  # fmt: skip
         return summary
+
+
+def published_grid_name(device: str) -> str:
+    """The published summary of a grid trained on ``device`` (cpu, cuda or cuda:N): ``grid-cpu.json`` or
+    ``grid-cuda.json``."""
+    return f"grid-{device.split(':')[0]}.json"
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
