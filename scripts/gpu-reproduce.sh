@@ -43,7 +43,7 @@ if [ "${SMALL:-0}" = 1 ]; then prepare_args="--max-train 600 --max-test 200 --ho
 args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --device "${DEVICE:-cuda}"
       --jobs "${JOBS:-3}" --budget-s "${BUDGET_S:-3600}" --reserve-s "${RESERVE_S:-30}"
       --epochs-cnn "${EPOCHS_CNN:-100}" --epochs-ic-only "${EPOCHS_IC:-25}" --epochs-sdn "${EPOCHS_SDN:-100}"
-      --batch-size "${BATCH:-128}" --prepare-args "$prepare_args" --train-args "${TRAIN_ARGS:-}"
+      --batch-size "${BATCH:-128}" "--prepare-args=$prepare_args" "--train-args=${TRAIN_ARGS:-}"
       --part-mib "${PART_MIB:-16}" --max-files "${MAX_FILES:-8}"
       "--diverged-retry-args=${DIVERGED_RETRY_ARGS---clip-grad-norm 1}")
 [ -n "${WORK:-}" ] && args+=(--work "$WORK")

@@ -290,8 +290,14 @@ def test_a_missing_archive_is_named(tmp_path: Path) -> None:
 
 
 def test_script_reports_a_missing_archive_and_still_packs(tmp_path: Path) -> None:
-    env = {**os.environ, "ARCHIVE": str(tmp_path / "none.tar.gz"), "WORK": str(tmp_path / "work"), "DEVICE": "cpu",
-           "VARIANTS": "cnn,ic_only"}  # fmt: skip
+    env = {
+        **os.environ,
+        "ARCHIVE": str(tmp_path / "none.tar.gz"),
+        "WORK": str(tmp_path / "work"),
+        "DEVICE": "cpu",
+        "VARIANTS": "cnn,ic_only",
+        "TRAIN_ARGS": "--compile",  # one word starting with --: must reach sdn train, not the runner's parser
+    }
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu-reproduce.sh"), str(tmp_path / "out"), "cifar10", "resnet56"],
         env={**env, "PYTHON": sys.executable},
@@ -303,6 +309,7 @@ def test_script_reports_a_missing_archive_and_still_packs(tmp_path: Path) -> Non
     assert (tmp_path / "out" / "grid.json").is_file() and (tmp_path / "out" / "resume.tar.00").is_file()
     jobs = json.loads((tmp_path / "out" / "grid.json").read_text())["jobs"]
     assert sorted(jobs) == ["resnet56/s0/cnn", "resnet56/s0/ic_only"]  # VARIANTS: no SDN training in this grid
+    assert all(job["train_args"] == ["--compile"] for job in jobs.values())
 
 
 def test_resume_from_is_ignored_when_the_work_folder_has_a_state(tmp_path: Path) -> None:
