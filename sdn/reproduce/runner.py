@@ -47,6 +47,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
@@ -146,6 +147,11 @@ class Runner:
         }
         self.state.data["calls"].append(self.call)
         self.state.save()
+
+    @cached_property
+    def code(self) -> dict[str, Any]:
+        """This call's code version, read once: in its record in state.json, its summary and what it publishes."""
+        return publish.code_version(REPO)
 
     def restart(self, keys: list[str]) -> None:
         """Remove the run folders and state of the jobs ``keys`` (e.g. a diverged run to retry with other options)."""
@@ -481,7 +487,7 @@ class Runner:
             "arch": job.arch,
             "seed": job.seed,
             "variant": job.variant,
-            "code": publish.code_version(REPO),
+            "code": self.code,
             "environment": self.environment,
             "device": self.s.device,
             "epochs": self.s.epochs[job.variant],
@@ -548,7 +554,7 @@ class Runner:
             "calls": self.state.data["calls"],
             "jobs": jobs,
             "environment": self.environment,
-            "code": publish.code_version(REPO),
+            "code": self.code,
             "data": self.state.data.get("prepared"),  # archive name and sha256, prepare-data options
         }
 
@@ -651,7 +657,7 @@ class Runner:
     def run(self) -> dict[str, Any]:
         self.environment = publish.environment()
         self.call["environment"] = self.environment
-        self.call["code"] = publish.code_version(REPO)
+        self.call["code"] = self.code
         self.state.save()
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         try:
