@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdn.progress import write_progress
 from sdn.reproduce import ingest, pack, publish
 from sdn.reproduce.grid import Job, grid_jobs
 from sdn.reproduce.runner import Runner, Settings
@@ -88,6 +89,22 @@ def test_budget_stops_running_jobs_and_starts_no_more(tmp_path: Path, monkeypatc
         (segment,) = runner.state.data["jobs"][key]["segments"]
         assert segment["stopped"] is True and segment["phase"] == "train"
     assert not runner.running
+
+
+def test_the_summary_says_how_many_epochs_each_job_finished_on_any_machine(tmp_path: Path) -> None:
+    runner = Runner(_settings(tmp_path))
+    runner.environment = {}
+    cnn = runner.work / "runs" / "resnet56" / "s0" / "cnn"
+    write_progress(cnn, 7, 100, [300.0] * 7)
+    jobs = runner.summary()["jobs"]
+    assert (jobs["resnet56/s0/cnn"]["epochs_done"], jobs["resnet56/s0/cnn"]["epochs"]) == (7, 100)
+    assert (jobs["resnet56/s0/ic_only"]["epochs_done"], jobs["resnet56/s0/ic_only"]["epochs"]) == (0, 25)
+    runner.pack(runner.summary())  # progress.json is not in the resume pack: the state keeps the count
+    machine2 = {"work": tmp_path / "machine2", "out": tmp_path / "out2", "resume_from": tmp_path / "out"}
+    fresh = Runner(_settings(tmp_path, **machine2))
+    fresh.environment = {}
+    assert not (fresh.work / "runs" / "resnet56" / "s0" / "cnn" / "progress.json").exists()
+    assert fresh.summary()["jobs"]["resnet56/s0/cnn"]["epochs_done"] == 7
 
 
 # A training that diverges (exit status 3, as `sdn train` on TrainingDiverged) unless its options clip gradients
@@ -232,6 +249,7 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
     grid1 = json.loads((tmp_path / "out1" / "grid.json").read_text())
     assert not grid1["complete"] and grid1["calls"][-1]["stopped"] == "stop requested"
     assert grid1["jobs"]["resnet56/s0/cnn"]["status"] == "partial"
+    assert 1 <= grid1["jobs"]["resnet56/s0/cnn"]["epochs_done"] < 3
     assert "runs/resnet56/s0/cnn/last.pt" in pack.unpack(tmp_path / "out1", "resume", tmp_path / "peek")
 
     # a fresh machine: another work folder, the state carried in from the first call's OUT
@@ -240,6 +258,7 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
     assert second.returncode == 0, log2
     grid2 = json.loads((tmp_path / "out2" / "grid.json").read_text())
     assert grid2["complete"], grid2["jobs"]
+    assert all(job["epochs_done"] == job["epochs"] for job in grid2["jobs"].values())
     assert len(grid2["calls"]) == 2 and grid2["grid_wall_s"] >= grid2["call_wall_s"]
     cnn_log = (tmp_path / "work2" / "logs" / "resnet56_s0_cnn.log").read_text()
     assert "resuming cnn" in cnn_log

@@ -356,6 +356,7 @@ class Runner:
         if retry:  # the attempt's time moves out of the job's own wall time (GridState.diverged_seconds)
             attempt["segments"], entry["segments"] = entry["segments"], []
             entry["retry_train_args"] = list(self.s.diverged_retry_args)
+            entry.pop("epochs_done", None)
             shutil.rmtree(self.work / job.run_dir, ignore_errors=True)
             log.warning("DIVERGED %s (epoch %s step %s): starting it over with %s", job.key,
                         attempt.get("epoch", "?"), attempt.get("step", "?"),
@@ -392,6 +393,7 @@ class Runner:
         entry = self.state.job(job)
         entry["evaluated"] = False
         entry["published"] = False
+        entry.pop("epochs_done", None)
         self.state.save()
         return True
 
@@ -532,13 +534,18 @@ class Runner:
         jobs = {}
         for job in self.jobs:
             status = job_status(self.work, job, self.state)
+            entry, progress = self.state.job(job), read_progress(self.work / job.run_dir)
+            if progress is not None:  # kept in the state: progress.json itself is not carried to the next call
+                entry["epochs_done"] = progress["epoch"]
             jobs[job.key] = {
                 "status": "failed" if job.key in self.failed else status,
+                "epochs_done": entry.get("epochs_done", 0),
+                "epochs": self.s.epochs[job.variant],
                 "error": self.failed.get(job.key),
                 "train_wall_s": round(self.state.wall_seconds(job, "train"), 1),
                 "evaluate_wall_s": round(self.state.wall_seconds(job, "evaluate"), 1),
-                "segments": len(self.state.job(job)["segments"]),
-                "diverged": len(self.state.job(job).get("diverged", [])),
+                "segments": len(entry["segments"]),
+                "diverged": len(entry.get("diverged", [])),
                 "train_args": self.train_args(job),
             }
         done = sum(1 for j in jobs.values() if j["status"] == "evaluated")

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Train the paper-scale reproduction on this machine's CPU, a bounded call at a time, across sessions whose machines
+# keep nothing but what is committed to git.
+#
+#   scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]
+#   e.g. BUDGET_S=7200 VARIANTS=cnn,ic_only scripts/cpu-reproduce.sh cifar10 resnet56 0
+#
+# A wrapper of scripts/gpu-reproduce.sh with the CPU's settings (DEVICE=cpu, JOBS=1, TRAIN_ARGS=--compile unless
+# given; every other setting of that script passes through: BUDGET_S, VARIANTS, EPOCHS_*, SMALL, ARCHIVE, ...):
+#   1. a WORK (default .reproduce/cpu-<dataset>, git-ignored) that holds no grid state yet starts from CARRY's
+#      resume.tar.NN (default runs-in-progress/<dataset>-cpu/, committed), when there is one (a WORK that holds
+#      one, from an earlier call on this machine, continues from itself);
+#   2. the call trains within BUDGET_S (SIGTERM to the runner stops it early the same way), OUT in WORK/out;
+#   3. the runs it finished go into REPO/reproduction/ (python -m sdn.reproduce.ingest), and CARRY is replaced by the
+#      call's resume pack (state.json, last.pt of the stopped job), or removed once the grid is complete.
+# Then commit reproduction/ and CARRY: the next session, on a fresh machine, continues from them. A call that ends
+# without a resume pack (it failed before packing) leaves CARRY as it was. PYTHON defaults to the project's .venv.
+set -uo pipefail
+dataset=${1:?usage: scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]}
+archs=${2:?usage: scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]}
+seeds=${3:-0}
+here=$(cd "$(dirname "$0")/.." && pwd)
+repo=${REPO:-$here}
+work=${WORK:-$here/.reproduce/cpu-$dataset}
+carry=${CARRY:-$repo/runs-in-progress/$dataset-cpu}
+out=$work/out
+if [ -z "${PYTHON:-}" ] && [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; fi
+export PYTHON=${PYTHON:-python3}
+py=$PYTHON
+
+export DEVICE=${DEVICE:-cpu} JOBS=${JOBS:-1} TRAIN_ARGS=${TRAIN_ARGS---compile} WORK=$work
+if [ ! -f "$work/state.json" ] && compgen -G "$carry/resume.tar.[0-9][0-9]" >/dev/null; then
+  export RESUME_FROM=$carry
+  echo "cpu-reproduce: continuing the grid carried in $carry"
+fi
+rm -rf "$out"
+"$here/scripts/gpu-reproduce.sh" "$out" "$dataset" "$archs" "$seeds" &
+runner=$!
+stopping=
+trap 'stopping=1; kill -TERM "$runner" 2>/dev/null' TERM INT   # the runner stops its job and packs; we go on
+wait "$runner"
+status=$?
+while [ -n "$stopping" ] && [ "$status" -gt 128 ]; do stopping=; wait "$runner"; status=$?; done  # its own status
+trap - TERM INT
+
+if [ -f "$out/published.tar.00" ]; then
+  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m sdn.reproduce.ingest "$out" --repo "$repo" || status=$((status ? status : 3))
+fi
+if [ -f "$out/resume.tar.00" ] && [ -f "$out/grid.json" ]; then
+  "$py" - "$out/grid.json" <<'PY'
+import json, sys
+grid = json.load(open(sys.argv[1]))
+for key, job in grid["jobs"].items():
+    print(f"cpu-reproduce: {key}: {job['status']}, {job['epochs_done']}/{job['epochs']} epochs, "
+          f"{job['train_wall_s'] / 3600:.1f} h of training")
+PY
+  complete=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["complete"])' "$out/grid.json")
+  rm -rf "$carry.new"
+  if [ "$complete" = True ]; then
+    rm -rf "$carry"
+    echo "cpu-reproduce: the grid is complete; $carry removed"
+  else
+    mkdir -p "$carry.new" && cp "$out"/resume.tar.[0-9][0-9] "$carry.new"/ && rm -rf "$carry" && mv "$carry.new" "$carry"
+    echo "cpu-reproduce: resume pack in $carry ($(du -sh "$carry" | cut -f1)); commit it with reproduction/"
+  fi
+else
+  echo "cpu-reproduce: no resume pack in $out: $carry left as it was" >&2
+fi
+exit "$status"
