@@ -127,6 +127,9 @@ def test_cpu_model_is_read_from_cpuinfo_or_falls_back(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU @ 2.0GHz\n\nprocessor\t: 1\n")
     assert cpu_model(cpuinfo) == "Test CPU @ 2.0GHz"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 "
+                       "avx512f avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\n")  # fmt: skip
+    assert cpu_model(cpuinfo) == "AMD EPYC (family 25 model 17; avx2, avx512f, avx512_bf16)"
     assert cpu_model(tmp_path / "absent") not in ("", "Test CPU @ 2.0GHz")
     machine = publish.environment()
     assert machine["cpu"] and machine["cpu_count"] >= 1
