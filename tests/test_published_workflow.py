@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter
@@ -28,6 +29,21 @@ def test_find_runs_lists_the_toy_grid_and_nothing_in_an_empty_folder(tmp_path: P
     assert main([str(tmp_path / "absent")]) == 1
     message = capsys.readouterr().err
     assert "holds no published runs" in message and "scripts/gpu-reproduce.sh" in message
+    assert "scripts/cpu-reproduce.sh" in message and "In progress" not in message
+
+
+def test_without_runs_the_message_says_how_far_a_grid_in_progress_is(tmp_path: Path, capsys) -> None:
+    grid = {"jobs": {"resnet56/s0/cnn": {"status": "partial", "epochs_done": 23, "epochs": 100},
+                     "resnet56/s0/ic_only": {"status": "pending", "epochs_done": 0, "epochs": 25}}}  # fmt: skip
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "grid-cpu.json").write_text(json.dumps(grid))
+    (tmp_path / "cifar100").mkdir()
+    (tmp_path / "cifar100" / "grid-cuda.json").write_text("{not json")
+    assert main([str(tmp_path)]) == 1
+    message = capsys.readouterr().err
+    assert "In progress: cifar10 on cpu: resnet56/s0/cnn partial, 23/100 epochs; " in message
+    assert "cifar10 on cpu: resnet56/s0/ic_only pending, 0/25 epochs" in message
+    assert "grid-cuda.json: unreadable" in message
 
 
 def test_published_mode_plans_copies_and_analyses_only(snakemake, tmp_path: Path) -> None:

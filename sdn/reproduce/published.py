@@ -9,6 +9,7 @@ or evaluates: the workflow copies these files into its results layout and every 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -19,12 +20,32 @@ _SEED = re.compile(r"s([0-9]+)")
 
 
 def no_runs_message(root: str | os.PathLike[str]) -> str:
+    progress = grids_in_progress(root)
     return (
         f"{root}/ holds no published runs (expected {root}/<dataset>/<arch>/s<seed>/<variant>/ with "
         f"{', '.join(RUN_FILES)}). Get them on a GPU machine with scripts/gpu-reproduce.sh OUT DATASET ARCHS "
         "[SEEDS] (README, 'Paper-scale runs on a GPU machine without network'), then install them here with "
-        "`python -m sdn.reproduce.ingest OUT` and run `make paper-report` again."
+        "`python -m sdn.reproduce.ingest OUT`, or a call at a time on a CPU with scripts/cpu-reproduce.sh DATASET "
+        "ARCHS [SEEDS], and run `make paper-report` again."
+        + (f" In progress: {'; '.join(progress)}." if progress else "")
     )
+
+
+def grids_in_progress(root: str | os.PathLike[str]) -> list[str]:
+    """One line per unfinished job of the grids summarised under ``root`` (``<dataset>/grid-<device>.json``, written
+    by the runner with every call): "cifar10 on cpu: resnet56/s0/cnn partial, 23/100 epochs"."""
+    lines = []
+    for grid_file in sorted(Path(root).glob("*/grid-*.json")):
+        try:
+            jobs = json.loads(grid_file.read_text())["jobs"]
+            device = grid_file.stem.removeprefix("grid-")
+            for key, job in jobs.items():
+                if job["status"] != "evaluated":
+                    epochs = f", {job['epochs_done']}/{job['epochs']} epochs" if "epochs_done" in job else ""
+                    lines.append(f"{grid_file.parent.name} on {device}: {key} {job['status']}{epochs}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            lines.append(f"{grid_file}: unreadable")
+    return lines
 
 
 def find_runs(root: str | os.PathLike[str]) -> dict[tuple[str, str, str], set[str]]:
