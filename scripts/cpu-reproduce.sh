@@ -12,7 +12,8 @@
 #      one, from an earlier call on this machine, continues from itself);
 #   2. the call trains within BUDGET_S (SIGTERM to the runner stops it early the same way), OUT in WORK/out;
 #   3. the runs it finished go into REPO/reproduction/ (python -m sdn.reproduce.ingest), and CARRY is replaced by the
-#      call's resume pack (state.json, last.pt of the stopped job), or removed once the grid is complete.
+#      call's resume pack (state.json, last.pt of the stopped job; once the grid is complete, its state.json alone,
+#      kept so that a larger grid, more variants or seeds, continues from it without training its jobs again).
 # Then commit reproduction/ and CARRY: the next session, on a fresh machine, continues from them. A call that ends
 # without a resume pack (it failed before packing) leaves CARRY as it was. PYTHON defaults to the project's .venv.
 set -uo pipefail
@@ -54,15 +55,9 @@ for key, job in grid["jobs"].items():
     print(f"cpu-reproduce: {key}: {job['status']}, {job['epochs_done']}/{job['epochs']} epochs, "
           f"{job['train_wall_s'] / 3600:.1f} h of training")
 PY
-  complete=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["complete"])' "$out/grid.json")
   rm -rf "$carry.new"
-  if [ "$complete" = True ]; then
-    rm -rf "$carry"
-    echo "cpu-reproduce: the grid is complete; $carry removed"
-  else
-    mkdir -p "$carry.new" && cp "$out"/resume.tar.[0-9][0-9] "$carry.new"/ && rm -rf "$carry" && mv "$carry.new" "$carry"
-    echo "cpu-reproduce: resume pack in $carry ($(du -sh "$carry" | cut -f1)); commit it with reproduction/"
-  fi
+  mkdir -p "$carry.new" && cp "$out"/resume.tar.[0-9][0-9] "$carry.new"/ && rm -rf "$carry" && mv "$carry.new" "$carry"
+  echo "cpu-reproduce: resume pack in $carry ($(du -sh "$carry" | cut -f1)); commit it with reproduction/"
 else
   echo "cpu-reproduce: no resume pack in $out: $carry left as it was" >&2
 fi

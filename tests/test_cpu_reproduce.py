@@ -67,8 +67,9 @@ def test_a_fresh_machine_continues_from_the_committed_resume_pack(fake_cifar_arc
     second = _wrapper(repo, tmp_path / "machine2", archive)
     log2 = second.communicate(timeout=1200)[0]
     assert second.returncode == 0, log2
-    assert "continuing the grid carried in" in log2 and "the grid is complete" in log2, log2
-    assert not carry.exists()  # nothing left to carry: the pack goes from the repository
+    assert "continuing the grid carried in" in log2, log2
+    assert "resnet56/s0/ic_only: evaluated, 1/1 epochs" in log2, log2
+    assert pack.unpack(carry, "resume", tmp_path / "peek2") == ["state.json"]  # complete: only its state is left
     history = (tmp_path / "machine2" / "runs" / "resnet56" / "s0" / "cnn" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]  # resumed, every epoch exactly once
     publish.verify(repo / "reproduction")
@@ -76,6 +77,13 @@ def test_a_fresh_machine_continues_from_the_committed_resume_pack(fake_cifar_arc
     assert sorted(p.name for p in runs.iterdir()) == ["cnn", "ic_only"]
     assert len(publish.read_provenance(runs / "cnn")["calls"]) == 2
     assert json.loads((repo / "reproduction" / "cifar10" / "grid-cpu.json").read_text())["complete"]
+
+    # a larger grid later (the SDN training too), on a third machine: the finished jobs are not trained again
+    third = _wrapper(repo, tmp_path / "machine3", archive, VARIANTS="cnn,ic_only,sdn", EPOCHS_SDN="1")
+    log3 = third.communicate(timeout=1200)[0]
+    assert third.returncode == 0, log3
+    assert "start train    resnet56/s0/sdn" in log3 and "start train    resnet56/s0/cnn" not in log3, log3
+    assert sorted(p.name for p in runs.iterdir()) == ["cnn", "ic_only", "sdn"]
 
 
 def test_a_failed_call_keeps_what_was_carried(tmp_path: Path) -> None:
