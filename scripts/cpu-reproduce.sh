@@ -17,48 +17,55 @@
 # Then commit reproduction/ and CARRY: the next session, on a fresh machine, continues from them. A call that ends
 # without a resume pack (it failed before packing) leaves CARRY as it was. PYTHON defaults to the project's .venv.
 set -uo pipefail
-dataset=${1:?usage: scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]}
-archs=${2:?usage: scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]}
-seeds=${3:-0}
-here=$(cd "$(dirname "$0")/.." && pwd)
-repo=${REPO:-$here}
-work=${WORK:-$here/.reproduce/cpu-$dataset}
-carry=${CARRY:-$repo/runs-in-progress/$dataset-cpu}
-out=$work/out
-if [ -z "${PYTHON:-}" ] && [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; fi
-export PYTHON=${PYTHON:-python3}
-py=$PYTHON
 
-export DEVICE=${DEVICE:-cpu} JOBS=${JOBS:-1} TRAIN_ARGS=${TRAIN_ARGS---compile} WORK=$work
-if [ ! -f "$work/state.json" ] && compgen -G "$carry/resume.tar.[0-9][0-9]" >/dev/null; then
-  export RESUME_FROM=$carry
-  echo "cpu-reproduce: continuing the grid carried in $carry"
-fi
-rm -rf "$out"
-"$here/scripts/gpu-reproduce.sh" "$out" "$dataset" "$archs" "$seeds" &
-runner=$!
-stopping=
-trap 'stopping=1; kill -TERM "$runner" 2>/dev/null' TERM INT   # the runner stops its job and packs; we go on
-wait "$runner"
-status=$?
-while [ -n "$stopping" ] && [ "$status" -gt 128 ]; do stopping=; wait "$runner"; status=$?; done  # its own status
-trap - TERM INT
+# All of it in a function, read whole before it runs: bash reads a script as it goes, and this one runs for hours
+# in a working tree that may change under it (an edit or a checkout of this file would otherwise break the call).
+main() {
+  dataset=${1:?usage: scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]}
+  archs=${2:?usage: scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]}
+  seeds=${3:-0}
+  here=$(cd "$(dirname "$0")/.." && pwd)
+  repo=${REPO:-$here}
+  work=${WORK:-$here/.reproduce/cpu-$dataset}
+  carry=${CARRY:-$repo/runs-in-progress/$dataset-cpu}
+  out=$work/out
+  if [ -z "${PYTHON:-}" ] && [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; fi
+  export PYTHON=${PYTHON:-python3}
+  py=$PYTHON
 
-if [ -f "$out/published.tar.00" ]; then
-  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m sdn.reproduce.ingest "$out" --repo "$repo" || status=$((status ? status : 3))
-fi
-if [ -f "$out/resume.tar.00" ] && [ -f "$out/grid.json" ]; then
-  "$py" - "$out/grid.json" <<'PY'
+  export DEVICE=${DEVICE:-cpu} JOBS=${JOBS:-1} TRAIN_ARGS=${TRAIN_ARGS---compile} WORK=$work
+  if [ ! -f "$work/state.json" ] && compgen -G "$carry/resume.tar.[0-9][0-9]" >/dev/null; then
+    export RESUME_FROM=$carry
+    echo "cpu-reproduce: continuing the grid carried in $carry"
+  fi
+  rm -rf "$out"
+  "$here/scripts/gpu-reproduce.sh" "$out" "$dataset" "$archs" "$seeds" &
+  runner=$!
+  stopping=
+  trap 'stopping=1; kill -TERM "$runner" 2>/dev/null' TERM INT   # the runner stops its job and packs; we go on
+  wait "$runner"
+  status=$?
+  while [ -n "$stopping" ] && [ "$status" -gt 128 ]; do stopping=; wait "$runner"; status=$?; done  # its own status
+  trap - TERM INT
+
+  if [ -f "$out/published.tar.00" ]; then
+    PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m sdn.reproduce.ingest "$out" --repo "$repo" || status=$((status ? status : 3))
+  fi
+  if [ -f "$out/resume.tar.00" ] && [ -f "$out/grid.json" ]; then
+    "$py" - "$out/grid.json" <<'PY'
 import json, sys
 grid = json.load(open(sys.argv[1]))
 for key, job in grid["jobs"].items():
     print(f"cpu-reproduce: {key}: {job['status']}, {job['epochs_done']}/{job['epochs']} epochs, "
           f"{job['train_wall_s'] / 3600:.1f} h of training")
 PY
-  rm -rf "$carry.new"
-  mkdir -p "$carry.new" && cp "$out"/resume.tar.[0-9][0-9] "$carry.new"/ && rm -rf "$carry" && mv "$carry.new" "$carry"
-  echo "cpu-reproduce: resume pack in $carry ($(du -sh "$carry" | cut -f1)); commit it with reproduction/"
-else
-  echo "cpu-reproduce: no resume pack in $out: $carry left as it was" >&2
-fi
-exit "$status"
+    rm -rf "$carry.new"
+    mkdir -p "$carry.new" && cp "$out"/resume.tar.[0-9][0-9] "$carry.new"/ && rm -rf "$carry" && mv "$carry.new" "$carry"
+    echo "cpu-reproduce: resume pack in $carry ($(du -sh "$carry" | cut -f1)); commit it with reproduction/"
+  else
+    echo "cpu-reproduce: no resume pack in $out: $carry left as it was" >&2
+  fi
+  return "$status"
+}
+
+main "$@"; exit $?
