@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,21 @@ def test_published_mode_plans_copies_and_analyses_only(snakemake, tmp_path: Path
     assert rules["analyses"] == 4  # one job runs the four analyses of an SDN (`sdn batch`): 2 seeds x 2 variants
     assert not {"early_exit", "overthinking", "confusion", "calibration"} & set(rules)
     assert not {"train", "evaluate", "gradcam", "prepare_data", "backdoor_analysis"} & set(rules)
+
+
+def test_a_cnn_published_alone_is_reported_and_an_sdn_without_its_cnn_is_left_out(snakemake, tmp_path: Path) -> None:
+    # A grid publishes each job as it completes: the CNN stands alone until its IC-only and SDN runs follow.
+    published = tmp_path / "reproduction" / "cifar10" / "resnet56"
+    shutil.copytree(TOY / "cifar10" / "resnet56" / "s0" / "cnn", published / "s0" / "cnn")
+    shutil.copytree(TOY / "cifar10" / "resnet56" / "s1" / "ic_only", published / "s1" / "ic_only")
+    done = snakemake(tmp_path, "-n", "--config", f"published={published.parents[1]}", configfile=CONFIG)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rules = _rules(done.stdout)
+    assert rules["published_run"] == 1 and rules["report"] == 1  # the CNN of s0 only
+    assert not rules["analyses"]  # no SDN beside it; s1's IC-only SDN has no CNN to compare with
+    log = done.stderr + done.stdout
+    assert "resnet56/s0 lacks ['ic_only', 'sdn']: reported with ['cnn'] only" in log
+    assert "resnet56/s1 lacks ['cnn', 'sdn']: left out (['ic_only'] need the CNN's outputs)" in log
 
 
 def test_published_mode_without_runs_says_how_to_get_them(snakemake, tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ WEIGHTS = dict(config.get("weights") or {})
 # Published mode (config key `published`: a folder of runs `<dataset>/<arch>/s<seed>/<variant>/`, e.g. reproduction):
 # the published runs' meta.json, metrics.json, history.csv and outputs.npz are copied into the results layout
 # (workflow/rules/published.smk) instead of training and evaluating; the runs are those found in the folder (the
-# archs, seeds and datasets keys are not used for them), Grad-CAM (it needs a checkpoint) is skipped and the backdoor
+# archs, seeds and datasets keys are not used for them; a run's variants not published yet are reported as not run,
+# an SDN variant published without its CNN is left out), Grad-CAM (it needs a checkpoint) is skipped and the backdoor
 # analysis runs when the folder holds the backdoor run's bd_cnn and bd_ic_only.
 PUBLISHED = config.get("published")
 if PUBLISHED:
@@ -56,10 +57,28 @@ if PUBLISHED:
     PUBLISHED_RUNS = find_runs(PUBLISHED)
     if not PUBLISHED_RUNS:
         raise ValueError(f"config key published: {no_runs_message(PUBLISHED)}")
+
+
+def published_variants(found: set[str]) -> list[str]:
+    """The natural variants of a published run the workflow takes: every one published (a grid publishes each job
+    as it completes, so a CNN may stand alone for a while), but an SDN variant only beside its CNN, whose outputs
+    its analyses compare with."""
+    return [v for v in NATURAL_VARIANTS if v in found and (v not in SDN_VARIANTS or "cnn" in found)]
+
+
+if PUBLISHED:
     for key, found in PUBLISHED_RUNS.items():
-        if not set(NATURAL_VARIANTS) <= found:
+        taken = published_variants(found)
+        where = f"{PUBLISHED}/{key[0]}/{key[1]}/s{key[2]}"
+        if set(NATURAL_VARIANTS) - set(taken):
             missing = sorted(set(NATURAL_VARIANTS) - found)
-            print(f"warning: {PUBLISHED}/{key[0]}/{key[1]}/s{key[2]} lacks {missing}: left out", file=sys.stderr)
+            unanalysable = sorted((set(SDN_VARIANTS) & found) - set(taken))
+            print(
+                f"warning: {where} lacks {missing}: "
+                + (f"reported with {taken} only" if taken else "left out")
+                + (f" ({unanalysable} need the CNN's outputs)" if unanalysable else ""),
+                file=sys.stderr,
+            )
 
 
 def run_dir(variant: str = "{variant}") -> str:
@@ -359,8 +378,13 @@ def analysis_figure(analysis: str):
 # --- target lists ---------------------------------------------------------------------------------------------
 def _runs() -> list[tuple[str, str, str]]:
     if PUBLISHED:
-        return sorted(k for k, found in PUBLISHED_RUNS.items() if set(NATURAL_VARIANTS) <= found)
+        return sorted(k for k, found in PUBLISHED_RUNS.items() if published_variants(found))
     return [(d, a, s) for d in DATASETS for a in ARCHS for s in SEEDS]
+
+
+def _variants(run: tuple[str, str, str]) -> list[str]:
+    """The natural variants of one run the workflow reports: all of them, or in published mode those published."""
+    return published_variants(PUBLISHED_RUNS[run]) if PUBLISHED else NATURAL_VARIANTS
 
 
 def _in_run(dataset: str, arch: str, seed: str, variant: str, path: str) -> str:
@@ -375,8 +399,9 @@ def analysis_targets() -> list[str]:
     """Every evaluation and analysis output of the natural (non-backdoor) experiments."""
     targets = []
     for run in _runs():
-        targets += [_in_run(*run, variant, "metrics.json") for variant in NATURAL_VARIANTS]
-        for variant in SDN_VARIANTS:
+        variants = _variants(run)
+        targets += [_in_run(*run, variant, "metrics.json") for variant in variants]
+        for variant in (v for v in SDN_VARIANTS if v in variants):
             targets += [_in_run(*run, variant, f"analysis/{analysis}/summary.json") for analysis in ANALYSES]
         if config["analyses"]["gradcam"]["enabled"] and not PUBLISHED:
             targets.append(_in_run(*run, "ic_only", "analysis/gradcam/gradcam.png"))
