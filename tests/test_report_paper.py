@@ -137,6 +137,11 @@ def test_runs_not_trained_with_the_papers_recipe_are_listed(tmp_path: Path) -> N
         ("clip_grad_norm", "1", "none")
     ]
     assert paper.recipe_deviations({"arch": "resnet56"}) is None
+    held_out = {"arch": "resnet56", "variant": "sdn", "recipe": paper_sdn, "train_size": 45_000}
+    held_out_row = ("training images", "45,000 (5,000 held out)", "all 50,000")
+    assert paper.recipe_deviations(held_out, "cifar10") == [held_out_row]
+    assert paper.recipe_deviations({**held_out, "train_size": 50_000}, "cifar10") == []
+    assert paper.recipe_deviations(held_out, "digits") == paper.recipe_deviations(held_out) == []  # size unknown
     rows = {(r.dataset, r.variant, r.ours.split(" (")[-1]): r for r in paper.recipe_rows(collect(root))}
     clipped_row = rows[("cifar10", "sdn", "s1)")]
     assert clipped_row.ours == "clip_grad_norm 1 (s1)" and clipped_row.paper == "clip_grad_norm none"

@@ -314,10 +314,15 @@ RECIPE_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "epochs", "milesto
                "ic_max_coeffs", "clip_grad_norm")  # fmt: skip
 
 
-def recipe_deviations(meta: dict[str, Any] | None) -> list[tuple[str, str, str]] | None:
+# The size of each paper data set's training split, which the paper's networks were trained on in full.
+PAPER_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000}
+
+
+def recipe_deviations(meta: dict[str, Any] | None, dataset: str | None = None) -> list[tuple[str, str, str]] | None:
     """``(key, ours, paper's)`` for each way the run's training (its meta.json) differs from the paper's recipe
-    (:func:`sdn.config.paper_recipe`) and for a training subset; [] where it followed it; None where meta.json does
-    not say (no recipe, or an architecture without a paper recipe)."""
+    (:func:`sdn.config.paper_recipe`), for a training subset and, where ``dataset`` is one of the paper's, for fewer
+    training images than its whole training split (the default held-out split takes 5,000 of CIFAR's 50,000); [] where
+    it followed it; None where meta.json does not say (no recipe, or an architecture without a paper recipe)."""
     try:
         recipe, kind, arch = meta["recipe"], meta["variant"], meta["arch"]  # type: ignore[index]
         paper = paper_recipe(kind, arch).to_dict()
@@ -327,8 +332,11 @@ def recipe_deviations(meta: dict[str, Any] | None) -> list[tuple[str, str, str]]
     for key in RECIPE_KEYS:
         if key in recipe and _plain(recipe[key]) != _plain(paper[key]):
             differs.append((key, _show(recipe[key]), _show(paper[key])))
+    full = PAPER_TRAIN_SIZES.get(dataset or "")
     if meta.get("max_train_samples"):  # type: ignore[union-attr]
         differs.append(("training images", f"{meta['max_train_samples']} (subset)", "all"))  # type: ignore[index]
+    elif full is not None and isinstance(size := meta.get("train_size"), int) and size < full:  # type: ignore[union-attr]
+        differs.append(("training images", f"{size:,} ({full - size:,} held out)", f"all {full:,}"))
     return differs
 
 
@@ -351,7 +359,7 @@ def recipe_rows(found: Collection) -> list[Row]:
     for (dataset, arch, variant), keys in _groups(found, ("cnn", "ic_only", "sdn")).items():
         by_deviation: dict[tuple[tuple[str, str, str], ...] | None, list[str]] = {}
         for key in keys:
-            deviation = recipe_deviations(found.get(key, variant).meta)  # type: ignore[union-attr]
+            deviation = recipe_deviations(found.get(key, variant).meta, dataset)  # type: ignore[union-attr]
             if deviation != []:
                 by_deviation.setdefault(None if deviation is None else tuple(deviation), []).append(f"s{key.seed}")
         for deviation, seeds in by_deviation.items():
