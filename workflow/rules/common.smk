@@ -44,6 +44,14 @@ KNOWN_ARCHS = list_archs()
 EXTERNAL_ARCHS = [a for a in ARCHS if a not in KNOWN_ARCHS and a.partition(".")[0] in ("torchvision", "timm")]
 WEIGHTS = dict(config.get("weights") or {})
 
+
+def published_variants(found: set[str]) -> list[str]:
+    """The natural variants of a published run the workflow takes: every one published (a grid publishes each job
+    as it completes, so a CNN may stand alone for a while), but an SDN variant only beside its CNN, whose outputs
+    its analyses compare with."""
+    return [v for v in NATURAL_VARIANTS if v in found and (v not in SDN_VARIANTS or "cnn" in found)]
+
+
 # Published mode (config key `published`: a folder of runs `<dataset>/<arch>/s<seed>/<variant>/`, e.g. reproduction):
 # the published runs' meta.json, metrics.json, history.csv and outputs.npz are copied into the results layout
 # (workflow/rules/published.smk) instead of training and evaluating; the runs are those found in the folder (the
@@ -57,16 +65,6 @@ if PUBLISHED:
     PUBLISHED_RUNS = find_runs(PUBLISHED)
     if not PUBLISHED_RUNS:
         raise ValueError(f"config key published: {no_runs_message(PUBLISHED)}")
-
-
-def published_variants(found: set[str]) -> list[str]:
-    """The natural variants of a published run the workflow takes: every one published (a grid publishes each job
-    as it completes, so a CNN may stand alone for a while), but an SDN variant only beside its CNN, whose outputs
-    its analyses compare with."""
-    return [v for v in NATURAL_VARIANTS if v in found and (v not in SDN_VARIANTS or "cnn" in found)]
-
-
-if PUBLISHED:
     for key, found in PUBLISHED_RUNS.items():
         taken = published_variants(found)
         where = f"{PUBLISHED}/{key[0]}/{key[1]}/s{key[2]}"
