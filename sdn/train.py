@@ -447,6 +447,7 @@ def train(
     holdout_batches = holdout_loader(holdout, info, target)
     batches_for = epoch_batches(engine, train_split, info, batch_size=recipe.batch_size, seed=seed, device=target)
 
+    code_commit = checkpoint.git_commit()  # the code this call runs: HEAD may move while it trains for hours
     seed_everything(seed)
     model = build_model(
         arch,
@@ -567,7 +568,7 @@ def train(
         else [],
         "epochs": recipe.epochs,
         "train_size": int(len(train_split.labels)),
-        "git_commit": checkpoint.git_commit(),
+        "git_commit": code_commit,
         "engine": engine,
         "device": str(target),
         "channels_last": options.channels_last,

@@ -149,3 +149,44 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(tiny, tiny_data: Path, tm
     full = tiny.train(tiny_data, tmp_path / "full", recipe=recipe, seed=7)
     _assert_same_weights(full, out / "model.pt")
     assert _history(out) == _history(full.parent)
+
+
+class _OnAnotherDevice:
+    """Stands for a tensor that torch.load(map_location="cuda") left on the GPU: usable only after .cpu()."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def cpu(self) -> torch.Tensor:
+        return self.tensor
+
+
+def test_rng_state_loaded_onto_a_gpu_restores() -> None:
+    # A GPU resume once failed with "RNG state must be a torch.ByteTensor": last.pt was loaded with
+    # map_location="cuda", which moved the saved RNG states to the GPU.
+    from sdn import checkpoint
+
+    state = checkpoint.get_rng_state()
+    expected = torch.rand(3)
+    state["torch"] = _OnAnotherDevice(state["torch"])
+    state["numpy"]["keys"] = _OnAnotherDevice(state["numpy"]["keys"])
+    torch.rand(5)  # move the generator on
+    checkpoint.set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_meta_names_the_commit_the_training_started_on(
+    tiny, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A paper-scale call trains for hours; a commit made meanwhile must not be recorded as the code that trained.
+    from sdn import checkpoint
+
+    head = ["commit-at-start"]
+    monkeypatch.setattr(checkpoint, "git_commit", lambda: head[0])
+
+    def commit_meanwhile(epoch: int, metrics: dict[str, float]) -> None:
+        head[0] = "commit-made-while-training"
+
+    recipe = tiny.recipe("cnn", epochs=1, milestones=())
+    model = tiny.train(tiny_data, tmp_path / "run", recipe=recipe, on_epoch=commit_meanwhile)
+    assert io.read_json(model.parent / "meta.json")["git_commit"] == "commit-at-start"
