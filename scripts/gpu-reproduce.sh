@@ -25,7 +25,9 @@
 #              paper-original"); PART_MIB (16), MAX_FILES (8): the size limits of OUT; RESUME_MAX_MIB: the largest
 #              resume pack (default: 64 MiB, what a device call carries in, less the archive and 8 MiB for the tree);
 #              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10);
-#              VARIANTS: the variants to train (default cnn,ic_only,sdn; ic_only needs cnn).
+#              VARIANTS: the variants to train (default cnn,ic_only,sdn; ic_only needs cnn);
+#              GRID_NAME: publish the grid's summary as grid-<device>-<name>.json, for a second grid of the data set
+#              on one kind of device (two runners sharing a GPU, each with its own WORK and OUT).
 # OUT receives published.tar.NN (finished runs, reproduction/ layout), resume.tar.NN (state + checkpoints of
 # unfinished jobs), grid.json (status and wall time of every job and of the grid), runner.log; at most MAX_FILES files
 # of at most PART_MIB MiB each. Install the finished runs: `python -m sdn.reproduce.ingest OUT`.
@@ -52,5 +54,6 @@ args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --devi
 [ -n "${RESTART:-}" ] && args+=(--restart "$RESTART")
 [ -n "${TOP_K:-}" ] && args+=(--top-k "$TOP_K")
 [ -n "${VARIANTS:-}" ] && args+=(--variants "$VARIANTS")
+[ -n "${GRID_NAME:-}" ] && args+=(--grid-name "$GRID_NAME")
 [ -n "${RESUME_MAX_MIB:-}" ] && args+=(--resume-max-mib "$RESUME_MAX_MIB")
 exec "$py" -m sdn.reproduce.cli "${args[@]}"

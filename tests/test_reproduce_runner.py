@@ -91,6 +91,20 @@ def test_budget_stops_running_jobs_and_starts_no_more(tmp_path: Path, monkeypatc
     assert not runner.running
 
 
+@pytest.mark.parametrize(
+    ("grid_name", "published"), [(None, "grid-cpu.json"), ("resnet56-sdn", "grid-cpu-resnet56-sdn.json")]
+)
+def test_a_named_grid_publishes_its_summary_under_its_own_name(
+    tmp_path: Path, grid_name: str | None, published: str
+) -> None:
+    # Two runners sharing one GPU (each its WORK and OUT) published both summaries as grid-cuda.json: one was lost.
+    runner = Runner(_settings(tmp_path, grid_name=grid_name))
+    runner.environment = {}
+    runner.pack(runner.summary())
+    names = pack.unpack(tmp_path / "out", "published", tmp_path / "repo")
+    assert [n for n in names if "grid-" in n] == [f"reproduction/cifar10/{published}"]
+
+
 def test_the_summary_says_how_many_epochs_each_job_finished_on_any_machine(tmp_path: Path) -> None:
     runner = Runner(_settings(tmp_path))
     runner.environment = {}
@@ -289,6 +303,7 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
         (["--archs", "resnet56", "--budget-s", "10", "--reserve-s", "20"], "--budget-s > --reserve-s"),
         (["--archs", "resnet56", "--jobs", "0"], "--jobs wants a positive count or 'auto'"),
         (["--archs", "resnet56", "--variants", "ic_only,sdn"], "variant ic_only needs cnn in the grid"),
+        (["--archs", "resnet56", "--grid-name", "../r56"], "--grid-name '../r56': use letters, digits"),
     ],
 )
 def test_runner_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

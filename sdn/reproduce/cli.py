@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import signal
 import sys
@@ -89,7 +90,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         type=int,
         help="publish only the k largest logits of each row (0: all); default: 10 for cifar100, all for cifar10",
     )
+    p.add_argument(
+        "--grid-name",
+        help="publish the grid's summary as reproduction/<dataset>/grid-<device>-<name>.json instead of "
+        "grid-<device>.json (letters, digits, '.', '_', '-'): a second grid of the data set on one kind of device",
+    )
     a = p.parse_args(argv)
+    if a.grid_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", a.grid_name):
+        p.error(f"--grid-name {a.grid_name!r}: use letters, digits, '.', '_' and '-' only (it names a file)")
     if a.budget_s <= a.reserve_s or a.max_files < 3:
         p.error("need --budget-s > --reserve-s and --max-files >= 3")
     archs = [x for x in a.archs.replace(",", " ").split() if x]
@@ -114,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         restart=[x for x in a.restart.replace(",", " ").split() if x],
         diverged_retry_args=shlex.split(a.diverged_retry_args),
         top_k=(a.top_k or None) if a.top_k is not None else DEFAULT_TOP_K.get(a.dataset),
+        grid_name=a.grid_name,
     )  # fmt: skip
 
 

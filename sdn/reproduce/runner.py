@@ -99,6 +99,7 @@ class Settings:
     top_k: int | None = None  # publish only each row's k largest logits (None: all, float16)
     auto_candidates: tuple[int, ...] = (1, 2, 3, 4)  # job counts measured when jobs == 0 (JOBS=auto)
     auto_seconds: float = 6.0
+    grid_name: str | None = None  # grid-<device>-<name>.json: several grids of a data set on one kind of device
 
 
 @dataclass
@@ -627,7 +628,7 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         part = int(self.s.part_mib * pack.MIB)
         root = self.published_root()
-        grid_file = root / "reproduction" / self.s.dataset / published_grid_name(self.s.device)
+        grid_file = root / "reproduction" / self.s.dataset / published_grid_name(self.s.device, self.s.grid_name)
         io.write_json(grid_file, summary)
         published = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
         published_parts = math.ceil(pack.archive_size(root, published) / part)
@@ -684,10 +685,12 @@ class Runner:
         return summary
 
 
-def published_grid_name(device: str) -> str:
+def published_grid_name(device: str, name: str | None = None) -> str:
     """The published summary of a grid trained on ``device`` (cpu, cuda or cuda:N): ``grid-cpu.json`` or
-    ``grid-cuda.json``."""
-    return f"grid-{device.split(':')[0]}.json"
+    ``grid-cuda.json``; ``grid-cuda-<name>.json`` for a grid given a name (two grids of one data set trained on one
+    kind of device, e.g. two runners sharing a GPU, would otherwise publish their summaries under one path)."""
+    kind = device.split(":")[0]
+    return f"grid-{kind}-{name}.json" if name else f"grid-{kind}.json"
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
