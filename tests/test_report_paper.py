@@ -151,3 +151,27 @@ def test_runs_not_trained_with_the_papers_recipe_are_listed(tmp_path: Path) -> N
     assert rows[("cifar10", "cnn", "s1)")].verdict.startswith("unknown")  # its meta.json holds no recipe
     text = paper.paper_markdown(collect(root))
     assert "### Training recipes" in text and "clip_grad_norm 1 (s1)" in text
+
+
+def test_half_cost_threshold_is_a_second_row_and_counts_for_the_claim(tmp_path: Path) -> None:
+    # The published ResNet-56 SDN: 46% cut within the 0.5-point tolerance, 50.8% at half the cost for 0.8 points.
+    summary = _early_exit(46.0, 87.15, 87.54)
+    half = {"status": "ok", "test_reduction_percent": 50.8, "test_accuracy": 86.71}
+    summary["policies"]["confidence"]["budget_0.5"] = half
+    run = tmp_path / "cifar10" / "resnet56" / "s0" / "sdn"
+    io.write_json(run / "meta.json", {"arch": "resnet56"})
+    io.write_json(run / "metrics.json", {"splits": {"test": {"top1": [64.8, 87.54]}}})
+    io.write_json(run / "analysis" / "early_exit" / "summary.json", summary)
+    found = collect(tmp_path)
+    tolerance, at_half = paper.early_exit_rows(found)
+    assert tolerance.measure == "cost reduction (%)" and tolerance.verdict.startswith("partly: 46%")
+    assert at_half.measure == "cost reduction at half the cost (%)" and at_half.verdict == "reproduced"
+    assert at_half.ours.startswith("50.8% less cost at -0.83 points")
+    (claim,) = [r for r in paper.headline_rows(found) if r.measure == "cost reduction"]
+    assert claim.verdict == "reproduced" and claim.ours.endswith("resnet56 46% / 51%")
+    half["test_accuracy"] = 86.0  # 1.5 points lost: the cut alone does not reproduce "no accuracy loss"
+    io.write_json(run / "analysis" / "early_exit" / "summary.json", summary)
+    found = collect(tmp_path)
+    assert paper.early_exit_rows(found)[1].verdict == "cost cut reproduced, but 1.5 points of accuracy lost"
+    (claim,) = [r for r in paper.headline_rows(found) if r.measure == "cost reduction"]
+    assert claim.verdict == "reproduced for 0 of 1 networks"

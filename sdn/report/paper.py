@@ -181,42 +181,59 @@ def per_exit_rows(found: Collection) -> list[Row]:
     return rows
 
 
+HALF_BUDGET_RULE = "budget_0.5"  # the threshold whose held-out cost is at most half the CNN's
+
+
 def early_exit_rows(found: Collection) -> list[Row]:
-    """Confidence early exit, threshold chosen on the held-out split within the tolerance of the final head."""
+    """Confidence early exit, two thresholds chosen on the held-out split per run: the cheapest within the tolerance
+    of the final head (the accuracy is held, what does it save?), and the most accurate at half the CNN's cost (the
+    paper's "> 50%" is met on held-out data, what does it lose?)."""
     rows = []
     for (dataset, arch, variant), keys in _groups(found, ("ic_only", "sdn")).items():
-        entries = [dig(found.analysis(k, variant, "early_exit"), "policies", MAIN_POLICY, MAIN_RULE) for k in keys]
         docs = [found.analysis(k, variant, "early_exit") for k in keys]
-        ok = [(e, d) for e, d in zip(entries, docs, strict=True) if e and e.get("status") == "ok"]
         if not any(d is not None for d in docs):
             continue
-        claim = CLAIMS["cost_tiny" if dataset == "tinyimagenet" else "cost_cifar"]
-        paper = f"> {claim.value:.0f}% less cost at no accuracy loss"
-        if not ok:
-            rows.append(
-                Row(dataset, arch, variant, "cost reduction (%)", paper, "no threshold fits", "not reproduced")
-            )
-            continue
-        reduction = stat(e["test_reduction_percent"] for e, _ in ok)
-        loss = stat(d["final_test_accuracy"] - e["test_accuracy"] for e, d in ok)
+        for rule in (MAIN_RULE, HALF_BUDGET_RULE):
+            row = _early_exit_row(dataset, arch, variant, docs, rule)
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
+def _early_exit_row(
+    dataset: str, arch: str, variant: str, docs: Sequence[dict[str, Any] | None], rule: str
+) -> Row | None:
+    entries = [dig(d, "policies", MAIN_POLICY, rule) if d else None for d in docs]
+    if rule != MAIN_RULE and not any(entries):
+        return None  # an analysis without budget rules
+    claim = CLAIMS["cost_tiny" if dataset == "tinyimagenet" else "cost_cifar"]
+    assert claim.value is not None
+    paper = f"> {claim.value:.0f}% less cost at no accuracy loss"
+    measure = "cost reduction (%)" if rule == MAIN_RULE else "cost reduction at half the cost (%)"
+    ok = [(e, d) for e, d in zip(entries, docs, strict=True) if e and d and e.get("status") == "ok"]
+    if not ok:
+        return Row(dataset, arch, variant, measure, paper, "no threshold fits", "not reproduced")
+    reduction = stat(e["test_reduction_percent"] for e, _ in ok)
+    loss = stat(d["final_test_accuracy"] - e["test_accuracy"] for e, d in ok)
+    change = stat(-v for v in loss.values)
+    ours = f"{reduction.text(unit='%')} less cost at {change.mean:+.2f}"
+    ours += f" ± {change.sd:.2f}" if change.sd is not None else ""
+    ours += " points of accuracy vs the final head"
+    if rule == MAIN_RULE:
         tolerance = ok[0][1].get("tolerance")
-        change = stat(-v for v in loss.values)
-        ours = f"{reduction.text(unit='%')} less cost at {change.mean:+.2f}"
-        ours += f" ± {change.sd:.2f}" if change.sd is not None else ""
-        ours += " points of accuracy vs the final head"
         if tolerance is not None:
             ours += f" (threshold on held-out data within {tolerance:g} points)"
-        assert claim.value is not None
-        if reduction.mean > claim.value and loss.mean <= ACCURACY_LOSS_POINTS:
-            verdict = "reproduced"
-        elif reduction.mean > claim.value:
-            verdict = f"cost cut reproduced, but {loss.mean:.1f} points of accuracy lost"
-        elif reduction.mean > claim.value / 2:
-            verdict = f"partly: {reduction.mean:.0f}% is less than the paper's > {claim.value:.0f}%"
-        else:
-            verdict = "not reproduced"
-        rows.append(Row(dataset, arch, variant, "cost reduction (%)", paper, ours, verdict, reduction.mean))
-    return rows
+    else:
+        ours += " (threshold on held-out data: the most accurate at most 50% of the CNN's cost there)"
+    if reduction.mean > claim.value and loss.mean <= ACCURACY_LOSS_POINTS:
+        verdict = "reproduced"
+    elif reduction.mean > claim.value:
+        verdict = f"cost cut reproduced, but {loss.mean:.1f} points of accuracy lost"
+    elif reduction.mean > claim.value / 2:
+        verdict = f"partly: {reduction.mean:.0f}% is less than the paper's > {claim.value:.0f}%"
+    else:
+        verdict = "not reproduced"
+    return Row(dataset, arch, variant, measure, paper, ours, verdict, reduction.mean)
 
 
 def _up_to_verdict(ours: float, claimed: float) -> str:
@@ -380,11 +397,17 @@ def headline_rows(found: Collection) -> list[Row]:
     early = early_exit_rows(found)
     for dataset, variant in sorted({(r.dataset, r.variant) for r in early}):
         mine = [r for r in early if r.dataset == dataset and r.variant == variant]
-        held = sum(r.verdict == "reproduced" for r in mine)
+        archs = sorted({r.arch for r in mine})
+        # a network reproduces the claim when either threshold of its rows does (both are chosen on held-out data)
+        held = [a for a in archs if any(r.arch == a and r.verdict == "reproduced" for r in mine)]
         claim = CLAIMS["cost_tiny" if dataset == "tinyimagenet" else "cost_cifar"]
-        verdict = "reproduced" if held == len(mine) else f"reproduced for {held} of {len(mine)} networks"
-        ours = f"{held} of {len(mine)} networks: " + ", ".join(f"{r.arch} {r.value:.0f}%" for r in mine if r.value)
-        rows.append(Row(dataset, "all", variant, "cost reduction", claim.statement, ours, verdict))
+        verdict = "reproduced" if len(held) == len(archs) else f"reproduced for {len(held)} of {len(archs)} networks"
+        cells = []
+        for arch in archs:
+            cuts = [f"{r.value:.0f}%" for r in mine if r.arch == arch and r.value is not None]
+            cells.append(f"{arch} {' / '.join(cuts)}" if cuts else arch)
+        ours = f"{len(held)} of {len(archs)} networks (cost cut within the tolerance / at half the cost): "
+        rows.append(Row(dataset, "all", variant, "cost reduction", claim.statement, ours + ", ".join(cells), verdict))
     over = overthinking_rows(found)
     for claim_id, prefix in (("wasteful", "wasteful"), ("destructive", "destructive")):
         mine = [r for r in over if r.measure.startswith(prefix) and r.value is not None]
@@ -436,8 +459,9 @@ def paper_markdown(found: Collection, *, heading_level: int = 2) -> str:
         "",
         "Paper: the claims of the abstract and introduction (the ICML tables could not be read; where a number is "
         "unknown the claim is given in words). Ours: mean ± sd over seeds (n = seeds; one seed shows no sd). "
-        f"Early exit: confidence policy, threshold chosen on the held-out split; 'no accuracy loss' read as at most "
-        f"{ACCURACY_LOSS_POINTS:g} point below the final head.",
+        "Early exit: confidence policy, two thresholds chosen on the held-out split per network, the cheapest that "
+        "keeps the final head's accuracy within the tolerance and the most accurate at half the CNN's cost; "
+        f"'no accuracy loss' read as at most {ACCURACY_LOSS_POINTS:g} point below the final head on the test split.",
         "",
         f"{h}# Claims",
         "",
