@@ -41,3 +41,14 @@ def test_savefig_puts_the_label_above_an_existing_title(tmp_path: Path) -> None:
     savefig(fig, tmp_path / "figure", label="digits · resnet56")
     assert seen["title"] == "digits · resnet56\nOverthinking"
     assert (tmp_path / "figure.png").stat().st_size > 0
+
+
+def test_label_names_the_data_set_as_the_results_layout_does(tmp_path: Path) -> None:
+    # The CIFAR-10 runs are prepared from a JPEG ImageFolder copy: their meta.json says "imagefolder".
+    meta = {"dataset": "imagefolder", "arch": "resnet56", "variant": "sdn", "seed": 0}
+    run = tmp_path / "results-paper" / "cifar10" / "resnet56" / "s0" / "sdn"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert label_of_outputs(run / "outputs.npz") == "cifar10 · resnet56 · SDN (SDN training) · seed 0"
+    (tmp_path / "meta.json").write_text(json.dumps(meta))  # not in the layout: the loader's name stays
+    assert label_of_outputs(tmp_path / "outputs.npz") == "imagefolder · resnet56 · SDN (SDN training) · seed 0"

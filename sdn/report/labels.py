@@ -28,9 +28,22 @@ def run_label(dataset: str, arch: str, variant: str | None = None, seed: int | s
 
 def label_of_outputs(outputs: str | os.PathLike[str]) -> str | None:
     """The run label of an ``outputs.npz`` from the ``meta.json`` beside it; None when there is none to read."""
-    meta_file = Path(outputs).parent / META
+    run = Path(outputs).parent
     try:
-        meta = json.loads(meta_file.read_text())
-        return run_label(str(meta["dataset"]), str(meta["arch"]), meta.get("variant"), meta.get("seed"))
+        meta = json.loads((run / META).read_text())
+        return run_label(_dataset_name(run, meta), str(meta["arch"]), meta.get("variant"), meta.get("seed"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _dataset_name(run: Path, meta: dict) -> str:
+    """The data set's name as the workflow's layout ``<dataset>/<arch>/s<seed>/<variant>/`` gives it, where ``run``
+    sits in that layout: the name in ``meta.json`` is the loader's (``imagefolder`` for a JPEG copy of CIFAR-10)."""
+    seed_dir = run.parent
+    in_layout = (
+        run.name == meta.get("variant")
+        and seed_dir.name == f"s{meta.get('seed')}"
+        and seed_dir.parent.name == meta.get("arch")
+        and seed_dir.parent.parent.name not in ("", ".")
+    )
+    return seed_dir.parent.parent.name if in_layout else str(meta["dataset"])
