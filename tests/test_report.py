@@ -200,3 +200,22 @@ def test_metrics_check_allows_nulls_and_strings(tmp_path) -> None:
     from sdn.report.collect import check_metrics
 
     check_metrics({"checkpoint": "m.pt", "splits": {"test": {"top1": [0, 100.0], "top5": [None, 100]}}}, tmp_path)
+
+
+def test_analysis_figures_are_titled_with_their_run(tmp_path, monkeypatch) -> None:
+    # The confusion figure once took its last panel's axis name as its title when a CNN was compared.
+    import sdn.report.plots
+
+    titles: dict[str, str | None] = {}
+    monkeypatch.setattr(sdn.report.plots, "savefig", lambda fig, path, label=None: titles.update({path.name: label}))
+    run = tmp_path / "ic_only"
+    _json(run / "meta.json", {"dataset": "digits", "arch": "resnet56", "variant": "ic_only", "seed": 0})
+    npz = run / "outputs.npz"
+    arrays = {"test_logits": _logits(), "test_labels": LABELS, "holdout_logits": _logits(), "holdout_labels": LABELS}
+    np.savez(npz, exit_fraction=np.array([0.3, 0.6, 1.05]), **arrays)
+    write_confusion(npz, tmp_path / "confusion", cnn_outputs=npz)
+    write_overthinking(npz, tmp_path / "overthinking")
+    assert titles == {
+        "confusion_hist": "digits · resnet56 · SDN (IC-only) · seed 0",
+        "overthinking": "digits · resnet56 · SDN (IC-only) · seed 0",
+    }

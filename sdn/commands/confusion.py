@@ -97,7 +97,7 @@ def _plot(result, doc: dict, cnn: tuple[np.ndarray, np.ndarray] | None, path: Pa
     if cnn is not None:
         panels.append((cnn[0], cnn[1], "CNN confidence (max softmax)", doc["auroc_cnn_confidence"]))
     fig, axes = new_figure(1, len(panels), figsize=(4.2 * len(panels), 3.6), layout="constrained")
-    for ax, (values, correct, label, score) in zip(axes, panels, strict=True):
+    for ax, (values, correct, quantity, score) in zip(axes, panels, strict=True):
         edges = np.histogram_bin_edges(values, bins=BINS)
         ax.hist(values[correct], bins=edges, alpha=0.45, color="tab:green", label=f"correct ({int(correct.sum())})")
         ax.hist(
@@ -108,7 +108,7 @@ def _plot(result, doc: dict, cnn: tuple[np.ndarray, np.ndarray] | None, path: Pa
             color="tab:red",
             label=f"wrong ({int((~correct).sum())})",
         )
-        ax.set_xlabel(label)
+        ax.set_xlabel(quantity)
         ax.set_ylabel("samples")
         ax.set_title(f"AUROC of errors (ours): {_fmt_auroc(score)}", fontsize=9)
         ax.legend(fontsize=8)

@@ -85,13 +85,13 @@ def _plot(doc: dict, path: Path, label: str | None) -> None:
     from sdn.report.plots import new_figure, savefig
 
     names = doc["exit_names"]
-    fig, (left, right) = new_figure(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = new_figure(1, 2, figsize=(10, 4.2), layout="constrained")
     wasteful_pct = [100 * s for s in doc["wasteful_share_by_exit"]]
     left.bar(names, wasteful_pct, color="tab:blue", label="first correct here")
     left.plot(names, [100 * s for s in doc["cumulative_correct_share_by_exit"]], "k.-", label="correct by here")
     left.set_ylabel("% of samples")
     left.set_title(
-        f"Wasteful: {100 * doc['early_correct_share']:.1f}% right before the final; "
+        f"Wasteful: {100 * doc['early_correct_share']:.1f}% right before the final\n"
         f"oracle cost {100 * doc['oracle_cost_fraction']:.0f}%",
         fontsize=9,
     )
@@ -103,6 +103,6 @@ def _plot(doc: dict, path: Path, label: str | None) -> None:
     right.set_ylabel("% of final-head errors")
     share = doc["destructive_share_of_errors"]
     union = "undefined (no final errors)" if share is None else f"{100 * share:.1f}% of {errors} errors"
-    right.set_title(f"Destructive: IC right, final wrong; any IC: {union}", fontsize=9)
+    right.set_title(f"Destructive: an IC right, the final wrong\nany IC: {union}", fontsize=9)
     fig.suptitle(f"Overthinking on the {doc['split']} split ({doc['num_samples']} samples)", fontsize=10)
     savefig(fig, path, label=label)
