@@ -11,8 +11,8 @@
 # Environment:
 #   BUDGET_S   seconds this call may take in all (default 3600); RESERVE_S of them (default 30) are kept for stopping
 #              the running jobs (SIGTERM; each trainer keeps last.pt of its last finished epoch) and packing OUT.
-#   JOBS       jobs at once on the GPU (default 3: one ResNet-56/MobileNet job at batch 128 leaves an H100/H200 mostly
-#              idle). JOBS=auto measures 1-4 SDN trainings of the first arch at once (about a minute, once per grid:
+#   JOBS       jobs at once on the GPU (default 3; measured on an H200, 4 jobs at once did about 1.2x the work of one
+#              at a time, each running 3-4x slower: README). JOBS=auto measures 1-4 SDN trainings of the first arch at once (about a minute, once per grid:
 #              the choice is kept in WORK/state.json) and takes the count beyond which the aggregate gains < 5%.
 #   DEVICE     default cuda (cpu for a dry run); WORK: work folder (default .reproduce/<dataset>, git-ignored);
 #              RESUME_FROM: a folder with resume.tar.NN of an earlier call (carry it in, e.g. as .reproduce-in/);
