@@ -34,7 +34,10 @@ HISTORY = "history.csv"
 
 
 def git_commit() -> str | None:
-    """The commit of this source tree, or None outside a git checkout."""
+    """The commit of this source tree: ``SDN_COMMIT`` where whoever started the run names it (a tree copied onto a GPU
+    machine may carry a stale ``.git``), else git's HEAD; None outside a git checkout."""
+    if os.environ.get("SDN_COMMIT"):
+        return os.environ["SDN_COMMIT"]
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -190,3 +190,13 @@ def test_meta_names_the_commit_the_training_started_on(
     recipe = tiny.recipe("cnn", epochs=1, milestones=())
     model = tiny.train(tiny_data, tmp_path / "run", recipe=recipe, on_epoch=commit_meanwhile)
     assert io.read_json(model.parent / "meta.json")["git_commit"] == "commit-at-start"
+
+
+def test_sdn_commit_names_the_code_where_the_tree_was_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On the GPU machine the copied tree's .git was stale: meta.json named an older commit than the code that ran.
+    from sdn import checkpoint
+
+    monkeypatch.setenv("SDN_COMMIT", "eb3dbc6")
+    assert checkpoint.git_commit() == "eb3dbc6"
+    monkeypatch.delenv("SDN_COMMIT")
+    assert checkpoint.git_commit() != "eb3dbc6"  # git's HEAD here (or None outside a checkout)
