@@ -105,6 +105,16 @@ def test_a_named_grid_publishes_its_summary_under_its_own_name(
     assert [n for n in names if "grid-" in n] == [f"reproduction/cifar10/{published}"]
 
 
+def test_a_grid_continued_on_another_device_keeps_its_published_summary(tmp_path: Path) -> None:
+    # A GPU grid's unfinished job continued on the CPU would otherwise leave a stale grid-cuda.json beside a new one.
+    runner = Runner(_settings(tmp_path, device="cpu"))
+    runner.state.data["calls"].insert(0, {"settings": {"device": "cuda:0", "grid_name": None}})
+    runner.environment = {}
+    runner.pack(runner.summary())
+    names = pack.unpack(tmp_path / "out", "published", tmp_path / "repo")
+    assert [n for n in names if "grid-" in n] == ["reproduction/cifar10/grid-cuda.json"]
+
+
 def test_the_summary_says_how_many_epochs_each_job_finished_on_any_machine(tmp_path: Path) -> None:
     runner = Runner(_settings(tmp_path))
     runner.environment = {}

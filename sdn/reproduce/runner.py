@@ -8,8 +8,8 @@ resumes from it on the next call) and start nothing new; publish every evaluated
 (:mod:`sdn.reproduce.publish`) and pack, in ``OUT``:
 
 - ``published.tar.NN``: ``reproduction/<dataset>/<arch>/s<seed>/<variant>/`` of the runs finished so far, plus
-  ``reproduction/<dataset>/grid-<cpu|cuda>.json`` (the grid's summary, named by the kind of device it ran on, so that
-  a CPU grid and a GPU grid of one data set are both kept);
+  ``reproduction/<dataset>/grid-<cpu|cuda>[-<name>].json`` (the grid's summary, named by the kind of device of its
+  first call, so that a CPU grid and a GPU grid of one data set are both kept);
 - ``resume.tar.NN``: ``state.json``, the ``last.pt`` of unfinished jobs (whole, or where that does not fit, its
   weights only under ``carry/``: the optimizer's state restarts on resume, recorded as ``optimizer_state_reset``)
   and the ``model.pt`` of trained but not yet evaluated jobs and of CNNs whose IC-only child is unfinished
@@ -628,7 +628,12 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         part = int(self.s.part_mib * pack.MIB)
         root = self.published_root()
-        grid_file = root / "reproduction" / self.s.dataset / published_grid_name(self.s.device, self.s.grid_name)
+        # named by the grid's first call: a grid continued on another kind of device keeps one published summary
+        first = self.state.data["calls"][0].get("settings", {})
+        name = self.s.grid_name or first.get("grid_name")
+        grid_file = (
+            root / "reproduction" / self.s.dataset / published_grid_name(first.get("device", self.s.device), name)
+        )
         io.write_json(grid_file, summary)
         published = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
         published_parts = math.ceil(pack.archive_size(root, published) / part)
@@ -686,7 +691,7 @@ class Runner:
 
 
 def published_grid_name(device: str, name: str | None = None) -> str:
-    """The published summary of a grid trained on ``device`` (cpu, cuda or cuda:N): ``grid-cpu.json`` or
+    """The published summary of a grid first trained on ``device`` (cpu, cuda or cuda:N): ``grid-cpu.json`` or
     ``grid-cuda.json``; ``grid-cuda-<name>.json`` for a grid given a name (two grids of one data set trained on one
     kind of device, e.g. two runners sharing a GPU, would otherwise publish their summaries under one path)."""
     kind = device.split(":")[0]
