@@ -29,8 +29,9 @@
 #              GRID_NAME: publish the grid's summary as grid-<device>-<name>.json, for a second grid of the data set
 #              on one kind of device (two runners sharing a GPU, each with its own WORK and OUT).
 # OUT receives published.tar.NN (finished runs, reproduction/ layout), resume.tar.NN (state + checkpoints of
-# unfinished jobs), grid.json (status and wall time of every job and of the grid), runner.log; at most MAX_FILES files
-# of at most PART_MIB MiB each. Install the finished runs: `python -m sdn.reproduce.ingest OUT`.
+# unfinished jobs), models.tar.NN in the files left (model.pt of finished runs, SDN training first: checkpoints/
+# layout), grid.json (status and wall time of every job and of the grid), runner.log; at most MAX_FILES files of at
+# most PART_MIB MiB each. Install the finished runs and the checkpoints: `python -m sdn.reproduce.ingest OUT`.
 # A second call with the same WORK (or RESUME_FROM) continues: finished jobs are skipped, stopped ones resume.
 set -uo pipefail
 out=${1:?usage: scripts/gpu-reproduce.sh OUT DATASET ARCHS [SEEDS]}

@@ -33,15 +33,16 @@ META = "meta.json"
 HISTORY = "history.csv"
 
 
-def git_commit() -> str | None:
-    """The commit of this source tree: ``SDN_COMMIT`` where whoever started the run names it (a tree copied onto a GPU
-    machine may carry a stale ``.git``), else git's HEAD; None outside a git checkout."""
+def git_commit(tree: str | os.PathLike[str] | None = None) -> str | None:
+    """The commit of the source tree at ``tree`` (default: this package's): ``SDN_COMMIT`` where whoever started the
+    run names it (a tree copied onto a GPU machine may carry a stale ``.git``), else git's HEAD; None outside a git
+    checkout. The one place that decides which commit a run's code is (meta.json and provenance.json)."""
     if os.environ.get("SDN_COMMIT"):
         return os.environ["SDN_COMMIT"]
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
+            cwd=Path(tree) if tree is not None else Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             timeout=10,

@@ -243,6 +243,68 @@ def test_pack_leaves_out_checkpoints_that_do_not_fit(tmp_path: Path) -> None:
     assert json.loads((runner.s.out / "grid.json").read_text())["jobs"]["resnet56/s0/sdn"]["status"] == "partial"
 
 
+def _finished_models(runner: Runner, sizes: dict[str, int]) -> None:
+    """Evaluated runs of resnet56 seed 0 whose model.pt holds ``sizes[variant]`` random bytes."""
+    for variant, size in sizes.items():
+        run = runner.work / "runs" / "resnet56" / "s0" / variant
+        run.mkdir(parents=True)
+        (run / "model.pt").write_bytes(np.random.default_rng(size).bytes(size))
+        runner.state.job(Job("resnet56", 0, variant))["evaluated"] = True
+
+
+def test_finished_checkpoints_come_back_in_the_files_left_sdn_first(tmp_path: Path) -> None:
+    # Only the checkpoints' sha256 came back from the GPU: the SDN-trained ResNet-56 could not be deployed or timed.
+    runner = Runner(_settings(tmp_path, part_mib=0.01, max_files=5))  # 2 files left: resume.tar and 1 for models
+    _finished_models(runner, {"cnn": 3000, "sdn": 4000, "ic_only": 4000})
+    runner.environment = {}
+    summary = runner.summary()
+    runner.pack(summary)
+    model = "checkpoints/cifar10/resnet56/s0/{}/model.pt"
+    assert summary["models_packed"] == [model.format("ic_only"), model.format("sdn")]  # the CNN's did not fit
+    files = sorted(p.name for p in runner.s.out.iterdir())
+    assert "models.tar.00" in files and len(files) <= 5
+    assert all((runner.s.out / f).stat().st_size <= 0.01 * pack.MIB for f in files if ".tar." in f)
+    back = tmp_path / "back"
+    assert sorted(pack.unpack(runner.s.out, "models", back)) == summary["models_packed"]
+    original = runner.work / "runs" / "resnet56" / "s0" / "sdn" / "model.pt"
+    assert (back / model.format("sdn")).read_bytes() == original.read_bytes()
+    # the next call sends what this one could not first
+    again = Runner(_settings(tmp_path, part_mib=0.01, max_files=5))
+    again.environment = {}
+    summary = again.summary()
+    again.pack(summary)
+    assert summary["models_packed"] == [model.format("cnn"), model.format("sdn")]
+
+
+def test_ingest_installs_a_checkpoint_only_when_its_sha256_is_the_published_one(tmp_path: Path) -> None:
+    runner = Runner(_settings(tmp_path, max_files=8))
+    _finished_models(runner, {"sdn": 4000, "ic_only": 3000})
+    runner.environment = {}
+    runner.pack(runner.summary())
+    repo = tmp_path / "repo"
+    for variant in ("ic_only", "sdn"):
+        digest = publish.sha256_file(runner.work / "runs" / "resnet56" / "s0" / variant / "model.pt")
+        run = repo / "reproduction" / "cifar10" / "resnet56" / "s0" / variant
+        run.mkdir(parents=True)
+        (run / "provenance.json").write_text(json.dumps({"checkpoint": {"sha256": digest}}))
+    installed = ingest.ingest_models(runner.s.out, repo)
+    assert installed == [f"checkpoints/cifar10/resnet56/s0/{v}/model.pt" for v in ("ic_only", "sdn")]
+    assert publish.sha256_file(repo / installed[1]) == publish.sha256_file(
+        runner.work / "runs" / "resnet56" / "s0" / "sdn" / "model.pt"
+    )
+    (repo / installed[0]).unlink()
+    provenance = repo / "reproduction" / "cifar10" / "resnet56" / "s0" / "ic_only" / "provenance.json"
+    provenance.write_text(json.dumps({"checkpoint": {"sha256": "0" * 64}}))
+    with pytest.raises(ValueError, match=r"ic_only/model.pt: sha256 \w+ differs .*not installed"):
+        ingest.ingest_models(runner.s.out, repo)
+    assert not (repo / installed[0]).exists()
+    provenance.unlink()
+    with pytest.raises(ValueError, match="records no checkpoint sha256.*ingest its published run first"):
+        ingest.ingest_models(runner.s.out, repo)
+    assert ingest.ingest_models(tmp_path / "nothing", repo) == []  # no models.tar: nothing to do
+    assert not list(repo.glob(".models-*"))  # no staging left behind
+
+
 def _script(out: Path, work: Path, archive: Path, **env: str) -> subprocess.Popen[str]:
     environment = {**os.environ, "SMALL": "1", "DEVICE": "cpu", "JOBS": "2", "EPOCHS_CNN": "3", "EPOCHS_IC": "1",
                    "EPOCHS_SDN": "1", "BATCH": "32", "ARCHIVE": str(archive), "WORK": str(work),
@@ -293,6 +355,9 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
     for out in ("out1", "out2"):
         ingest.ingest(tmp_path / out, repo)
     publish.verify(repo / "reproduction")
+    assert ingest.ingest_models(tmp_path / "out2", repo) == [  # every finished model came back, checked
+        f"checkpoints/cifar10/resnet56/s0/{v}/model.pt" for v in ("cnn", "ic_only", "sdn")
+    ]
     grid = json.loads((repo / "reproduction" / "cifar10" / "grid-cpu.json").read_text())  # a GPU grid: grid-cuda
     assert grid["complete"] and not (repo / "reproduction" / "cifar10" / "grid.json").exists()
     runs = repo / "reproduction" / "cifar10" / "resnet56" / "s0"

@@ -26,6 +26,8 @@ from sdn.device import cpu_model
 from sdn.outputs import compact_outputs
 
 MANIFEST = "MANIFEST.sha256"
+# where the published runs' checkpoints go in a repository (git-ignored: only their sha256 is published)
+CHECKPOINTS_DIR = "checkpoints"
 RUN_FILES = ("meta.json", "metrics.json", "history.csv")
 
 
@@ -43,14 +45,11 @@ def code_version(repo: str | os.PathLike[str]) -> dict[str, Any]:
     The digest identifies the code even where the tree was copied without ``.git`` (a GPU machine); there
     ``SDN_COMMIT`` (exported by whoever starts the run) names the commit.
     """
+    from sdn.checkpoint import git_commit  # imports torch: only where the code's version is asked for
+
     repo = Path(repo)
-    commit: str | None = None
     dirty: bool | None = None
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
-        )
-        commit = result.stdout.strip() or None
         status = subprocess.run(
             ["git", "status", "--porcelain", "--", "sdn", "scripts"],
             cwd=repo,
@@ -66,7 +65,7 @@ def code_version(repo: str | os.PathLike[str]) -> dict[str, Any]:
     for path in sorted((repo / "sdn").rglob("*.py")):
         digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return {
-        "git_commit": os.environ.get("SDN_COMMIT") or commit,
+        "git_commit": git_commit(repo),
         "git_dirty": dirty,  # uncommitted changes under sdn/ or scripts/ (None: no git)
         "source_sha256": digest.hexdigest(),
     }

@@ -14,6 +14,10 @@ resumes from it on the next call) and start nothing new; publish every evaluated
   weights only under ``carry/``: the optimizer's state restarts on resume, recorded as ``optimizer_state_reset``)
   and the ``model.pt`` of trained but not yet evaluated jobs and of CNNs whose IC-only child is unfinished
   (``--resume-from`` unpacks it on the next call);
+- ``models.tar.NN``, in the files left: ``checkpoints/<dataset>/<arch>/s<seed>/<variant>/model.pt`` of finished
+  runs (SDN training first, then IC-only, then CNN; those not sent by an earlier call first), so that a trained SDN
+  comes back to be deployed and timed (checkpoints stay out of git: ingest checks each against its run's
+  provenance and puts it in the ignored ``checkpoints/``);
 - ``grid.json`` (every job's status and wall times, the grid's wall time) and ``runner.log``.
 
 At most ``--max-files`` files of at most ``--part-mib`` MiB each (the device tool returns 8 of 16 MiB), the resume
@@ -70,6 +74,10 @@ DIVERGED_RETRY_ARGS = ("--clip-grad-norm", "1")
 _DIVERGED_AT = re.compile(r"at epoch (\d+) step (\d+) \(of (\d+)\)")
 # where the resume pack holds the weights-only last.pt of jobs whose whole one did not fit (relative to WORK)
 WEIGHTS_ONLY_DIR = "carry"
+# where models.tar's members are staged (relative to WORK)
+MODELS_STAGING_DIR = "models-out"
+# which finished checkpoints come back first when not all fit: the trained SDNs are the ones deployed
+MODEL_PRIORITY = {"sdn": 0, "ic_only": 1, "cnn": 2}
 
 
 @dataclass
@@ -637,7 +645,8 @@ class Runner:
         io.write_json(grid_file, summary)
         published = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
         published_parts = math.ceil(pack.archive_size(root, published) / part)
-        limit = min(self.resume_mib * pack.MIB, (self.s.max_files - 2 - published_parts) * part)
+        files_left = self.s.max_files - 2 - published_parts  # grid.json and runner.log take two
+        limit = min(self.resume_mib * pack.MIB, files_left * part)
         members, dropped = self.fit_resume(self.resume_members(), limit)
         copies = self.weights_only_copies(dropped)
         if copies:  # a second pass: the weights-only copies compete with what was kept, by training time per byte
@@ -652,7 +661,6 @@ class Runner:
             epoch = carried.get(f"{job.run_dir.as_posix()}/{checkpoint.LAST}")
             if epoch is not None:
                 entry["carried_weights_only"] = {"epoch": epoch}
-        self.state.save()
         summary["resume_weights_only"] = sorted(carried)
         if dropped:
             log.warning("left out of resume.tar (too large for %d files of %.0f MiB): %s",
@@ -661,10 +669,71 @@ class Runner:
         summary["published_parts"] = published_parts
         if published_parts > self.s.max_files - 3:
             log.warning("published.tar needs %d parts: more than %d files in OUT", published_parts, self.s.max_files)
+        models = self.choose_models(members, files_left, part)
+        summary["models_packed"] = sorted(models)
         io.write_json(grid_file, summary)
         pack.pack(root, published, out, "published", part)
         pack.pack(self.work, members, out, "resume", part)
+        for stale in out.glob("models.tar.[0-9][0-9]"):
+            stale.unlink()
+        if models:
+            pack.pack(self.work / MODELS_STAGING_DIR, models, out, "models", part)
         io.write_json(out / "grid.json", summary)
+
+    def choose_models(self, resume: list[str], files_left: int, part: int) -> list[str]:
+        """The checkpoints for ``models.tar`` (:meth:`stage_models`) in the files that ``resume`` leaves, each
+        marked ``model_packed`` in state.json (which ``resume`` holds: the next call sends the others first)."""
+        before = {job: self.state.job(job).get("model_packed") for job in self.jobs}
+        parts = max(1, math.ceil(pack.archive_size(self.work, resume) / part))
+        while True:
+            models = self.stage_models((files_left - parts) * part)
+            for job, packed in before.items():
+                entry = self.state.job(job)
+                entry.pop("model_packed", None)
+                if self.model_member(job) in models:
+                    entry["model_packed"] = self.call["started"]
+                elif packed is not None:
+                    entry["model_packed"] = packed
+            self.state.save()
+            grown = max(1, math.ceil(pack.archive_size(self.work, resume) / part))
+            if grown <= parts:  # the marks did not push state.json into another part
+                return models
+            parts = grown
+
+    def model_member(self, job: Job) -> str:
+        """A finished run's ``model.pt`` as named in ``models.tar`` (and in the repository once ingested)."""
+        return f"{publish.CHECKPOINTS_DIR}/{self.s.dataset}/{job.arch}/s{job.seed}/{job.variant}/{checkpoint.MODEL}"
+
+    def stage_models(self, limit: int) -> list[str]:
+        """Link the ``model.pt`` of the finished runs that fit in ``limit`` bytes into :data:`MODELS_STAGING_DIR`
+        under their :meth:`model_member` names; return those names. Not yet sent by an earlier call first, then
+        SDN training, IC-only, CNN (:data:`MODEL_PRIORITY`), smaller first."""
+        staging = self.work / MODELS_STAGING_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        finished = [
+            j
+            for j in self.jobs
+            if job_status(self.work, j, self.state) == "evaluated" and (self.work / j.run_dir / "model.pt").is_file()
+        ]
+        size = {j: (self.work / j.run_dir / "model.pt").stat().st_size for j in finished}
+        order = sorted(
+            finished,
+            key=lambda j: ("model_packed" in self.state.job(j), MODEL_PRIORITY.get(j.variant, 3), size[j], j.key),
+        )
+        chosen: list[str] = []
+        for job in order:
+            member = self.model_member(job)
+            target = staging / member
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.work / job.run_dir / "model.pt", target)
+            except OSError:  # another file system, or no hard links: a copy
+                shutil.copyfile(self.work / job.run_dir / "model.pt", target)
+            if limit > 0 and pack.archive_size(staging, [*chosen, member]) <= limit:
+                chosen.append(member)
+            else:
+                target.unlink()
+        return chosen
 
     # ------------------------------------------------------------------ all of it
     def run(self) -> dict[str, Any]:
