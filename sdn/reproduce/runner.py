@@ -685,8 +685,9 @@ class Runner:
         marked ``model_packed`` in state.json (which ``resume`` holds: the next call sends the others first)."""
         before = {job: self.state.job(job).get("model_packed") for job in self.jobs}
         parts = max(1, math.ceil(pack.archive_size(self.work, resume) / part))
+        sent = {job for job, packed in before.items() if packed is not None}  # by earlier calls, not this one's marks
         while True:
-            models = self.stage_models((files_left - parts) * part)
+            models = self.stage_models((files_left - parts) * part, sent)
             for job, packed in before.items():
                 entry = self.state.job(job)
                 entry.pop("model_packed", None)
@@ -704,31 +705,25 @@ class Runner:
         """A finished run's ``model.pt`` as named in ``models.tar`` (and in the repository once ingested)."""
         return f"{publish.CHECKPOINTS_DIR}/{self.s.dataset}/{job.arch}/s{job.seed}/{job.variant}/{checkpoint.MODEL}"
 
-    def stage_models(self, limit: int) -> list[str]:
+    def stage_models(self, limit: int, sent: set[Job]) -> list[str]:
         """Link the ``model.pt`` of the finished runs that fit in ``limit`` bytes into :data:`MODELS_STAGING_DIR`
-        under their :meth:`model_member` names; return those names. Not yet sent by an earlier call first, then
-        SDN training, IC-only, CNN (:data:`MODEL_PRIORITY`), smaller first."""
+        under their :meth:`model_member` names; return those names. Those not in ``sent`` (by an earlier call)
+        first, then SDN training, IC-only, CNN (:data:`MODEL_PRIORITY`), smaller first."""
         staging = self.work / MODELS_STAGING_DIR
         shutil.rmtree(staging, ignore_errors=True)
-        finished = [
-            j
-            for j in self.jobs
-            if job_status(self.work, j, self.state) == "evaluated" and (self.work / j.run_dir / "model.pt").is_file()
-        ]
-        size = {j: (self.work / j.run_dir / "model.pt").stat().st_size for j in finished}
-        order = sorted(
-            finished,
-            key=lambda j: ("model_packed" in self.state.job(j), MODEL_PRIORITY.get(j.variant, 3), size[j], j.key),
-        )
+        evaluated = [j for j in self.jobs if job_status(self.work, j, self.state) == "evaluated"]
+        finished = [j for j in evaluated if (self.work / j.run_dir / checkpoint.MODEL).is_file()]
+        size = {j: (self.work / j.run_dir / checkpoint.MODEL).stat().st_size for j in finished}
+        order = sorted(finished, key=lambda j: (j in sent, MODEL_PRIORITY.get(j.variant, 3), size[j], j.key))
         chosen: list[str] = []
         for job in order:
             member = self.model_member(job)
             target = staging / member
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(self.work / job.run_dir / "model.pt", target)
+                os.link(self.work / job.run_dir / checkpoint.MODEL, target)
             except OSError:  # another file system, or no hard links: a copy
-                shutil.copyfile(self.work / job.run_dir / "model.pt", target)
+                shutil.copyfile(self.work / job.run_dir / checkpoint.MODEL, target)
             if limit > 0 and pack.archive_size(staging, [*chosen, member]) <= limit:
                 chosen.append(member)
             else:
