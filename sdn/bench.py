@@ -565,11 +565,12 @@ def early_exit_timing(
         for key, got, want in (("prediction", pred, offline.predictions), ("exit", exits, offline.exit_index)):
             count = int((got.cpu().numpy() != want).sum())
             result[f"deploy_{key}_mismatches"] = max(result[f"deploy_{key}_mismatches"], count)
-    onnx_runner = _onnx_runner(model, threshold, result) if onnx and device.type == "cpu" else None
-    if onnx_runner is not None:
+    onnx_runners = _onnx_runners(model, threshold, result) if onnx and device.type == "cpu" else {}
+    for engine, onnx_runner in onnx_runners.items():
         onnx_pred, onnx_exit = onnx_runner(test_images.cpu().numpy())
-        result["onnx_prediction_mismatches"] = int((onnx_pred != offline.predictions).sum())
-        result["onnx_exit_mismatches"] = int((onnx_exit != offline.exit_index).sum())
+        key = "onnx" if engine == "onnxruntime" else "onnx_graph"
+        result[f"{key}_prediction_mismatches"] = int((onnx_pred != offline.predictions).sum())
+        result[f"{key}_exit_mismatches"] = int((onnx_exit != offline.exit_index).sum())
     for batch in batch_sizes:
         n = min(len(test_labels), 256 if batch == 1 else 4096)
         predicted = bench_latency.predicted_saving(costs, offline.exit_index[:n])
@@ -579,14 +580,13 @@ def early_exit_timing(
             result["latency"].append(row)
             if engine == "pytorch":
                 result["batches"][str(batch)] = row
-        if onnx_runner is not None:
-            cpu_images = test_images[:n].cpu()
+        for engine, onnx_runner in onnx_runners.items():
             onnx_variants = {
-                "cnn": lambda b: onnx_runner.cnn(b.numpy()),
-                "early_exit": lambda b: onnx_runner(b.numpy()),
+                "cnn": lambda b, r=onnx_runner: r.cnn(b.numpy()),
+                "early_exit": lambda b, r=onnx_runner: r(b.numpy()),
             }
-            timing = bench_latency.compare(onnx_variants, cpu_images, batch, device, repeats=repeats)
-            result["latency"].append(bench_latency.saving_row("onnxruntime", device, batch, timing, predicted, n))
+            timing = bench_latency.compare(onnx_variants, test_images[:n].cpu(), batch, device, repeats=repeats)
+            result["latency"].append(bench_latency.saving_row(engine, device, batch, timing, predicted, n))
     if device.type == "cuda":  # batches above 1: compacted at padded bucket sizes, every step a CUDA graph
         for batch in (b for b in batch_sizes if b > 1):
             result["latency"].extend(_bucketed_rows(model, test_images, threshold, batch, costs, offline, repeats))
@@ -609,9 +609,10 @@ def early_exit_timing(
     return result
 
 
-def _onnx_runner(model: MultiExitNet, threshold: float, result: dict[str, Any]) -> Any:
-    """An ONNX Runtime early-exit runner of ``model`` (exported to a temporary folder), or None with the reason
-    in ``result["onnx"]`` where onnx/onnxruntime are not installed or the export fails."""
+def _onnx_runners(model: MultiExitNet, threshold: float, result: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime early-exit runners of ``model`` (exported to a temporary folder) by engine name:
+    ``onnxruntime`` (the segment graphs in a Python loop) and ``onnxruntime-graph`` (the one graph that stops at
+    the exit); none, with the reason in ``result["onnx"]``, where onnx/onnxruntime are not installed."""
     import tempfile
 
     try:
@@ -619,12 +620,18 @@ def _onnx_runner(model: MultiExitNet, threshold: float, result: dict[str, Any]) 
 
         with tempfile.TemporaryDirectory(prefix="sdn-onnx-") as folder:  # the sessions hold the graphs in memory
             export_onnx.export(model.cpu(), folder)
-            runner = export_onnx.OnnxEarlyExit(folder, threshold=threshold)
+            runners = {
+                name: export_onnx.OnnxEarlyExit(folder, threshold=threshold, engine=engine)
+                for name, engine in (("onnxruntime", "segments"), ("onnxruntime-graph", "one-graph"))
+            }
     except ImportError as err:
         result["onnx"] = f"not timed: {err} (pip install 'sdn[onnx]')"
-        return None
-    result["onnx"] = f"segment graphs, opset {export_onnx.OPSET}, ONNX Runtime {runner.version}"
-    return runner
+        return {}
+    result["onnx"] = (
+        f"onnxruntime: segment graphs; onnxruntime-graph: one graph with If nodes; opset {export_onnx.OPSET}, "
+        f"ONNX Runtime {runners['onnxruntime'].version}"
+    )
+    return runners
 
 
 def _bucketed_rows(

@@ -7,16 +7,19 @@ The one owner of the exported folder::
                            input "x" -> outputs "features" (fed to segment k+1) and "logits" (IC k)
     DIR/final.onnx         the blocks after the last IC and the final head: "x" -> "logits"
     DIR/cnn.onnx           the plain network (stem, every block, head; no IC): "x" -> "logits"
+    DIR/early_exit_<policy>.onnx   (format 2) the segments nested in ``If`` nodes, one graph that stops each image
+                           at its exit (:mod:`sdn.onnx_exit_graph`): "x", "threshold" -> "answer"
 
-Every graph has a dynamic batch axis. Why segments and not one graph with every exit as an output: a single graph
-computes every block and every IC for every image, i.e. the full SDN's cost (more than the CNN's) whatever the
-images; ONNX offers no way to stop a graph half-way short of control-flow nodes. Segments let the runner stop each
-image at its exit, and drop the images that exited from the batch before the next segment.
+Every graph has a dynamic batch axis. Why not one graph with every exit as an output: it computes every block and
+every IC for every image, i.e. the full SDN's cost (more than the CNN's) whatever the images. Segments let a runner
+stop each image at its exit and drop the images that exited from the batch before the next segment; the
+``early_exit`` graphs do the same inside ONNX Runtime, with control-flow nodes, in one call per batch.
 
 :class:`OnnxEarlyExit` decides as :func:`sdn.inference.early_exit_forward` and the offline simulation do: a float64
 softmax of each IC's logits, the sample leaves at the first IC whose top probability reaches the threshold
 (``confidence``) or whose normalised entropy is at most it (``entropy``); samples no IC stops take the final
-head's answer.
+head's answer. Its ``engine`` is ``"one-graph"`` (the default where the folder has the graph: it measured faster,
+see docs/deploy-latency.md) or ``"segments"`` (a Python loop over the segment graphs).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from sdn.analysis.early_exit import check_threshold, normalised_entropy
 from sdn.models.multiexit import MultiExitNet
 
 FORMAT = "sdn-onnx-segments"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1: no one-graph early exit (its runner uses the segments)
 MANIFEST = "manifest.json"
 OPSET = 18
 POLICIES = ("confidence", "entropy")
+ENGINES = ("one-graph", "segments")
 
 
 class _Segment(nn.Module):
@@ -107,6 +112,7 @@ def export(model: MultiExitNet, out_dir: str | os.PathLike[str], *, meta: dict[s
         _export_graph(cnn, example, out / "cnn.onnx", ["logits"])
     finally:
         model.train(was_training)
+    one_graph = _write_one_graphs(out, segments, model.num_classes, [3, model.input_size, model.input_size])
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -120,10 +126,41 @@ def export(model: MultiExitNet, out_dir: str | os.PathLike[str], *, meta: dict[s
         "segments": segments,
         "final": {"file": "final.onnx", "blocks": [start, len(model.blocks) - 1]},
         "cnn": {"file": "cnn.onnx"},
+        "one_graph": one_graph,
         "dataset": (meta or {}).get("dataset"),
     }
     io.write_json(out / MANIFEST, manifest)
     return out / MANIFEST
+
+
+def _write_one_graphs(out: Path, segments: list[dict[str, Any]], num_classes: int, input_shape: list[int]) -> dict:
+    """``early_exit_<policy>.onnx`` for each policy, composed from the segment graphs just written; returns the
+    manifest's ``one_graph`` entry ({policy: file}). Where the segments cannot be composed (a control-flow node
+    inside one, or a graph past protobuf's 2 GB) it warns and returns {}: the runner then uses the segments."""
+    import onnx
+
+    from sdn import onnx_exit_graph
+
+    parts = [onnx.load(str(out / s["file"])) for s in segments]
+    final = onnx.load(str(out / "final.onnx"))
+    files = {}
+    for policy in POLICIES:
+        name = f"early_exit_{policy}.onnx"
+        tmp = out / (name + ".tmp")
+        try:
+            graph = onnx_exit_graph.build(
+                parts, final, policy=policy, num_classes=num_classes, input_shape=input_shape, opset=OPSET
+            )
+            onnx.save(graph, str(tmp))
+        except (NotImplementedError, ValueError, onnx.checker.ValidationError) as err:
+            tmp.unlink(missing_ok=True)
+            warnings.warn(
+                f"{out}: no one-graph early exit written ({err}); the segments engine runs this export", stacklevel=3
+            )
+            return {}
+        os.replace(tmp, out / name)
+        files[policy] = name
+    return files
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -135,12 +172,14 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); export the model again") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}, expected "
-            f"{FORMAT!r} version {FORMAT_VERSION}; export the model again with this version of sdn"
+            f"{FORMAT!r} version {' or '.join(map(str, READABLE_VERSIONS))}; export the model again with this "
+            "version of sdn"
         )
     files = [s["file"] for s in manifest["segments"]] + [manifest["final"]["file"], manifest["cnn"]["file"]]
+    files += list(manifest.get("one_graph", {}).values())
     missing = [f for f in files if not (Path(folder) / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: graph file(s) {missing} listed in {MANIFEST} are missing; export again")
@@ -150,9 +189,9 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
 _SHARED_POOL_THREADS: int | None = None  # the size of ONNX Runtime's process-wide pool once set here; 0: unavailable
 
 
-def shared_thread_pool(threads: int) -> bool:
-    """Whether the runner's sessions can share ONNX Runtime's process-wide intra-op thread pool of ``threads``
-    threads (created on the first call; it cannot be resized afterwards).
+def shared_thread_pool(threads: int) -> int:
+    """The size of ONNX Runtime's process-wide intra-op thread pool, created here with ``threads`` threads on the
+    first call (it cannot be resized afterwards); 0 where this ONNX Runtime offers no such pool.
 
     Each segment is a session of its own. With a pool per session, the pool that ran the last segment still spins
     while the next segment's pool starts, and on 2 cores with 2 threads ResNet-56's early exit at batch 1 took 2.2x
@@ -167,15 +206,42 @@ def shared_thread_pool(threads: int) -> bool:
             _SHARED_POOL_THREADS = threads
         except Exception:  # noqa: BLE001 - no such API in this version, or a pool someone else created
             _SHARED_POOL_THREADS = 0
-    return _SHARED_POOL_THREADS == threads
+    return _SHARED_POOL_THREADS
+
+
+def session_options(threads: int) -> Any:
+    """ONNX Runtime session options for ``threads`` intra-op threads: the process-wide pool where there is one
+    (every session of the process must then use it; a pool of another size is used with a warning), else a pool
+    per session that does not spin."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    pool = shared_thread_pool(threads)
+    if pool:
+        options.use_per_session_threads = False
+        if pool != threads:
+            warnings.warn(
+                f"ONNX Runtime's process-wide thread pool has {pool} thread(s), set by the first runner of this "
+                f"process; {threads} asked for here cannot be had (the pool cannot be resized): using {pool}",
+                stacklevel=3,
+            )
+    else:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # a pool left spinning after its segment ran would take a core from the next segment's pool
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 class OnnxEarlyExit:
-    """Online early exit over the exported segment graphs with ONNX Runtime (CPU by default).
+    """Online early exit over an exported folder with ONNX Runtime (CPU by default).
 
     ``runner(images)`` takes normalised float32 images [B, C, H, W] (numpy) and returns ``(predictions,
     exit_index)`` int64 [B]; ``runner.cnn(images)`` the plain network's predictions; ``runner.logits(images)``
     every exit's logits [E, B, K] (all segments run on all images: for checking, not for serving).
+    ``engine``: ``"one-graph"`` (one ONNX Runtime call per batch; the default where the folder has the graph) or
+    ``"segments"`` (one call per segment, the exit tests in numpy).
     """
 
     def __init__(
@@ -186,33 +252,39 @@ class OnnxEarlyExit:
         policy: str = "confidence",
         providers: list[str] | None = None,
         threads: int | None = None,
+        engine: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
         if policy not in POLICIES:
             raise ValueError(f"the ONNX runner supports policies {list(POLICIES)}, got {policy!r}")
+        if engine is not None and engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
         self.threshold = check_threshold(policy, threshold)
         self.policy = policy
         self.manifest = read_manifest(folder)
+        one_graph = self.manifest.get("one_graph", {}).get(policy)
+        if engine == "one-graph" and one_graph is None:
+            raise ValueError(
+                f"{Path(folder) / MANIFEST}: no one-graph early exit in this export (format version "
+                f"{self.manifest['format_version']}); export the model again, or pass engine='segments'"
+            )
+        self.engine = engine or ("one-graph" if one_graph else "segments")
         providers = providers or ["CPUExecutionProvider"]
-        intra_threads = threads or torch.get_num_threads()
-        shared = shared_thread_pool(intra_threads)
+        options = session_options(threads or torch.get_num_threads())
 
         def session(name: str) -> Any:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            if shared:
-                options.use_per_session_threads = False
-            else:
-                options.intra_op_num_threads = intra_threads
-                options.inter_op_num_threads = 1
-                # a pool left spinning after its segment ran would take a core from the next segment's pool
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return ort.InferenceSession(str(Path(folder) / name), sess_options=options, providers=providers)
 
         self.segments = [session(s["file"]) for s in self.manifest["segments"]]
         self.final = session(self.manifest["final"]["file"])
         self.whole = session(self.manifest["cnn"]["file"])
+        self.one_graph = session(one_graph) if self.engine == "one-graph" else None
+        if self.one_graph is not None:
+            from sdn.onnx_exit_graph import decode
+
+            self._decode = decode
+        self._threshold_feed = np.array(self.threshold, dtype=np.float64)
         self.input_shape = tuple(self.manifest["input_shape"])
         self.version = ort.__version__
 
@@ -231,6 +303,9 @@ class OnnxEarlyExit:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self._check(images)
+        if self.one_graph is not None:
+            (answer,) = self.one_graph.run(None, {"x": x, "threshold": self._threshold_feed})
+            return self._decode(answer, self.manifest["num_classes"])
         batch = x.shape[0]
         if batch == 1:
             prediction, exit_at = self._one(x)

@@ -17,7 +17,7 @@ from sdn.analysis.arrays import softmax  # noqa: E402
 from sdn.checkpoint import load_checkpoint  # noqa: E402
 from sdn.cli import main  # noqa: E402
 from sdn.data import DeviceLoader, load_prepared  # noqa: E402
-from sdn.export_onnx import OnnxEarlyExit, read_manifest  # noqa: E402
+from sdn.export_onnx import OnnxEarlyExit, read_manifest, session_options, shared_thread_pool  # noqa: E402
 from sdn.inference import early_exit_forward  # noqa: E402
 
 
@@ -70,13 +70,15 @@ def _thresholds(logits: np.ndarray, policy: str) -> list[float]:
     return chosen
 
 
+@pytest.mark.parametrize("engine", ["one-graph", "segments"])
 @pytest.mark.parametrize("policy", ["confidence", "entropy"])
-def test_runner_decides_like_pytorch_and_the_offline_simulation(exported, policy: str) -> None:
+def test_runner_decides_like_pytorch_and_the_offline_simulation(exported, policy: str, engine: str) -> None:
     images, logits, labels = exported["images"], exported["logits"], exported["labels"]
     cost = np.linspace(0.25, 1.0, logits.shape[0])
     spread = set()
     for threshold in _thresholds(logits, policy):
-        runner = OnnxEarlyExit(exported["out"], threshold=threshold, policy=policy)
+        runner = OnnxEarlyExit(exported["out"], threshold=threshold, policy=policy, engine=engine)
+        assert runner.engine == engine
         onnx_pred, onnx_exit = runner(images.numpy())
         torch_pred, torch_exit = early_exit_forward(exported["model"], images, policy, threshold)
         offline = ee.simulate(softmax(logits), labels, cost, policy, threshold)
@@ -87,6 +89,89 @@ def test_runner_decides_like_pytorch_and_the_offline_simulation(exported, policy
         assert [int(p[0]) for p, _ in one_at_a_time] == onnx_pred[:8].tolist()
         spread |= set(onnx_exit.tolist())
     assert len(spread) >= 2  # both an IC and a later exit answered
+
+
+def test_the_one_graph_engine_is_the_default_and_answers_an_empty_batch(exported) -> None:
+    runner = OnnxEarlyExit(exported["out"], threshold=0.5)
+    assert runner.engine == "one-graph"
+    for engine in ("one-graph", "segments"):
+        predictions, exits = OnnxEarlyExit(exported["out"], threshold=0.5, engine=engine)(
+            np.zeros((0, *runner.input_shape), dtype=np.float32)
+        )
+        assert predictions.shape == exits.shape == (0,)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_the_one_graph_runs_no_level_past_the_exits_taken(exported, tmp_path: Path, batch: int) -> None:
+    """ONNX Runtime's profile of the one graph: with every image exiting at IC 1 (threshold 0) no node of a later
+    level runs; with none exiting (a threshold above 1, fed to the graph directly) the final level's nodes do."""
+    import onnxruntime as ort
+
+    manifest = read_manifest(exported["out"])
+    images = exported["images"][:batch].numpy()
+    chain = "r" if batch == 1 else "b"
+    last = manifest["num_exits"] - 1
+
+    def levels_run(threshold: float) -> set[int]:
+        options = session_options(torch.get_num_threads())
+        options.enable_profiling = True
+        options.profile_file_prefix = str(tmp_path / f"profile-{batch}-{threshold}")
+        path = exported["out"] / manifest["one_graph"]["confidence"]
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        session.run(None, {"x": images, "threshold": np.array(threshold)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        names = [e["name"] for e in events if e.get("cat") == "Node"]
+        return {k for k in range(last + 1) if any(n.startswith(f"{chain}{k}_") for n in names)}
+
+    assert levels_run(0.0) == {0}
+    assert levels_run(2.0) == set(range(last + 1))
+
+
+def test_an_export_whose_segments_cannot_be_composed_runs_on_the_segments(
+    exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sdn import export_onnx, onnx_exit_graph
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("segment graph 0 has a control-flow node (Loop)")
+
+    monkeypatch.setattr(onnx_exit_graph, "build", refuse)
+    with pytest.warns(UserWarning, match="no one-graph early exit written.*Loop"):
+        export_onnx.export(exported["model"], tmp_path / "out")
+    assert read_manifest(tmp_path / "out")["one_graph"] == {}
+    assert not list((tmp_path / "out").glob("early_exit_*"))
+    assert OnnxEarlyExit(tmp_path / "out", threshold=0.5).engine == "segments"
+
+
+def test_an_export_of_format_1_runs_on_the_segments(exported, tmp_path: Path) -> None:
+    """A folder written before the one-graph early exit (format 1) still runs; asking it for the one graph says
+    to export again."""
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((exported["out"] / "manifest.json").read_text())
+    for name in [s["file"] for s in manifest["segments"]] + ["final.onnx", "cnn.onnx"]:
+        (old / name).write_bytes((exported["out"] / name).read_bytes())
+    manifest["format_version"] = 1
+    del manifest["one_graph"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    runner = OnnxEarlyExit(old, threshold=0.5)
+    assert runner.engine == "segments"
+    new = OnnxEarlyExit(exported["out"], threshold=0.5)
+    images = exported["images"].numpy()
+    assert [a.tolist() for a in runner(images)] == [a.tolist() for a in new(images)]
+    with pytest.raises(ValueError, match="no one-graph early exit in this export.*export the model again"):
+        OnnxEarlyExit(old, threshold=0.5, engine="one-graph")
+
+
+def test_a_runner_with_another_thread_count_uses_the_process_wide_pool(exported) -> None:
+    """ONNX Runtime's process-wide pool is sized once; a later runner asking for another size still runs (it used
+    to fail inside ONNX Runtime) and says which size it got."""
+    pool = shared_thread_pool(torch.get_num_threads())
+    if not pool:
+        pytest.skip("this ONNX Runtime has no process-wide thread pool")
+    with pytest.warns(UserWarning, match=f"process-wide thread pool has {pool} thread"):
+        runner = OnnxEarlyExit(exported["out"], threshold=0.5, threads=pool + 1)
+    assert runner(exported["images"][:3].numpy())[0].shape == (3,)
 
 
 def test_manifest_lists_every_segment(exported) -> None:
@@ -107,6 +192,8 @@ def test_bad_input_is_named(
         runner(np.zeros((2, 1, 8, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="supports policies"):
         OnnxEarlyExit(exported["out"], threshold=1, policy="patience")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        OnnxEarlyExit(exported["out"], threshold=0.5, engine="tensorrt")
     with pytest.raises(ValueError):
         OnnxEarlyExit(exported["out"], threshold=1.5)
     broken = tmp_path / "broken"

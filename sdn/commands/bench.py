@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import Any
 
 NAME = "bench"
 HELP = (
@@ -186,7 +187,8 @@ def _table(document: dict) -> str:
             f"early exit of {ee['arch']} at threshold {ee['threshold']}: online vs offline mismatches "
             f"{ee['online_prediction_mismatches']} predictions, {ee['online_exit_mismatches']} exits of "
             f"{ee['num_test']} (deploy copy: {ee['deploy_prediction_mismatches']} predictions, "
-            f"{ee['deploy_exit_mismatches']} exits); predicted saving (ops) {ee['predicted_saving']:.1%}"
+            f"{ee['deploy_exit_mismatches']} exits{_onnx_mismatches(ee)}); predicted saving (ops) "
+            f"{ee['predicted_saving']:.1%}"
         )
         lines.append(bench_latency.table(ee["latency"]))
         for key in ("graphed_batch1", "graphed_batch1_device_read"):
@@ -202,3 +204,13 @@ def _table(document: dict) -> str:
                     f"{graphed['exit_mismatches_vs_offline']} exit mismatches vs offline"
                 )
     return "\n".join(lines)
+
+
+def _onnx_mismatches(ee: dict[str, Any]) -> str:
+    """The ONNX engines' prediction/exit mismatches: "; ONNX segments: a/b, ONNX one graph: c/d" or ""."""
+    parts = [
+        f"{name}: {ee[f'{key}_prediction_mismatches']}/{ee[f'{key}_exit_mismatches']}"
+        for key, name in (("onnx", "ONNX segments"), ("onnx_graph", "ONNX one graph"))
+        if f"{key}_exit_mismatches" in ee
+    ]
+    return "; " + ", ".join(parts) if parts else ""

@@ -9,8 +9,9 @@ from pathlib import Path
 NAME = "export"
 HELP = (
     "Export a trained model.pt for deployment: --format onnx writes one ONNX graph per segment (the blocks up to an "
-    "exit and that exit's classifier), the final segment, the plain CNN and manifest.json; run them with "
-    "sdn.export_onnx.OnnxEarlyExit (ONNX Runtime, online early exit)."
+    "exit and that exit's classifier), the final segment, the plain CNN, one graph per exit policy that stops each "
+    "image at its exit (early_exit_<policy>.onnx: inputs x and threshold, output answer = exit * classes + class) "
+    "and manifest.json; run them with sdn.export_onnx.OnnxEarlyExit (ONNX Runtime, online early exit)."
 )
 
 
