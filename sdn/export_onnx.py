@@ -36,7 +36,7 @@ from torch import nn
 
 from sdn import io
 from sdn.analysis.arrays import softmax
-from sdn.analysis.early_exit import check_threshold, normalised_entropy
+from sdn.analysis.early_exit import PER_EXIT_POLICIES, check_threshold, normalised_entropy
 from sdn.models.multiexit import MultiExitNet
 
 FORMAT = "sdn-onnx-segments"
@@ -44,7 +44,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # format 1: no one-graph early exit (its runner uses the segments)
 MANIFEST = "manifest.json"
 OPSET = 18
-POLICIES = ("confidence", "entropy")
+POLICIES = PER_EXIT_POLICIES  # those the runner and the one graph decide with
 ENGINES = ("one-graph", "segments")
 
 

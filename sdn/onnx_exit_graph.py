@@ -30,7 +30,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-POLICIES = ("confidence", "entropy")
+from sdn.analysis.early_exit import PER_EXIT_POLICIES as POLICIES
+
 INPUT, THRESHOLD, OUTPUT = "x", "threshold", "answer"
 
 

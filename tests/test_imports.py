@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [  # top first; a module may import its own floo
         "sdn.inference",
         "sdn.graphed_inference",
         "sdn.export_onnx",
+        "sdn.onnx_exit_graph",
         "sdn.bucketed_inference",
         "sdn.graphs",
         "sdn.reference",

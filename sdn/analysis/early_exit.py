@@ -33,6 +33,8 @@ from sdn.outputs import exit_costs, load_split, validate_costs
 Policy = Literal["confidence", "entropy", "patience"]
 Fallback = Literal["final", "most-confident"]
 POLICIES: tuple[str, ...] = ("confidence", "entropy", "patience")
+# the policies that decide at each exit from its own probabilities alone (patience counts across exits)
+PER_EXIT_POLICIES: tuple[str, ...] = ("confidence", "entropy")
 FALLBACKS: tuple[str, ...] = ("final", "most-confident")
 PAPER_CONFIDENCE_GRID: tuple[float, ...] = (0.1, 0.15, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 DEFAULT_BUDGETS: tuple[float, ...] = (0.25, 0.5, 0.75)
