@@ -59,9 +59,10 @@ def _branch(
 
 class _Composer:
     """Builds the levels from the segment graphs. Each level's weights are initializers of the graph (or ``If``
-    branch) that holds its nodes: ONNX Runtime pre-packs a convolution's weights (and changes their layout) only
-    when they are constants of the subgraph itself; read from an outer scope they are re-laid out on every call,
-    which made the whole graph slower than the CNN. The two chains therefore hold a copy of the weights each."""
+    branch) that holds its nodes: ONNX Runtime moves a convolution to its blocked-layout (NCHWc) kernel only when
+    its weights are initializers of the graph that holds it; with the weights in the top graph, read from the
+    outer scope, every convolution stayed a plain FusedConv and the whole graph was slower than the CNN. The two
+    chains therefore hold a copy of the weights each."""
 
     def __init__(
         self, segments: Sequence[onnx.GraphProto], final: onnx.GraphProto, policy: str, num_classes: int
