@@ -25,7 +25,10 @@
 #              paper-original"); PART_MIB (16), MAX_FILES (8): the size limits of OUT; RESUME_MAX_MIB: the largest
 #              resume pack (default: 64 MiB, what a device call carries in, less the archive and 8 MiB for the tree);
 #              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10);
-#              VARIANTS: the variants to train (default cnn,ic_only,sdn; ic_only needs cnn);
+#              VARIANTS: the variants to train (default cnn,ic_only,sdn; ic_only needs cnn; the backdoor experiment:
+#              bd_cnn,bd_ic_only, the CNN recipe on a poisoned copy of the training set and the IC-only recipe on
+#              the clean one, both evaluated on the triggered test images too: VGG-16-BN on CIFAR-10 in the paper);
+#              POISON_ARGS: extra `sdn backdoor poison` options (default: target 5, rate 0.1, 5x5 square at 26,26);
 #              GRID_NAME: publish the grid's summary as grid-<device>-<name>.json, for a second grid of the data set
 #              on one kind of device (two runners sharing a GPU, each with its own WORK and OUT).
 # OUT receives published.tar.NN (finished runs, reproduction/ layout), resume.tar.NN (state + checkpoints of
@@ -55,6 +58,7 @@ args=(--out "$out" --dataset "$dataset" --archs "$archs" --seeds "$seeds" --devi
 [ -n "${RESTART:-}" ] && args+=(--restart "$RESTART")
 [ -n "${TOP_K:-}" ] && args+=(--top-k "$TOP_K")
 [ -n "${VARIANTS:-}" ] && args+=(--variants "$VARIANTS")
+[ -n "${POISON_ARGS:-}" ] && args+=("--poison-args=$POISON_ARGS")
 [ -n "${GRID_NAME:-}" ] && args+=(--grid-name "$GRID_NAME")
 [ -n "${RESUME_MAX_MIB:-}" ] && args+=(--resume-max-mib "$RESUME_MAX_MIB")
 exec "$py" -m sdn.reproduce.cli "${args[@]}"

@@ -32,6 +32,75 @@ def test_grid_order_and_parents() -> None:
         grid_jobs(["resnet56"], [0], ("ic_only", "sdn"))
 
 
+def _option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_backdoor_variants_train_on_the_poisoned_data_and_are_evaluated_on_the_triggered_splits(
+    tmp_path: Path,
+) -> None:
+    """As in the workflow: bd_cnn is the CNN recipe on the poisoned copy, bd_ic_only the IC-only recipe on the clean
+    data from bd_cnn; both are evaluated on the poisoned folder's splits, triggered ones included."""
+    jobs = grid_jobs(["vgg16bn"], [0], ("cnn", "bd_cnn", "bd_ic_only", "ic_only"))
+    assert [j.variant for j in jobs] == ["cnn", "bd_cnn", "bd_ic_only", "ic_only"]  # CNNs first, order kept
+    assert Job("vgg16bn", 0, "bd_ic_only").parent == Job("vgg16bn", 0, "bd_cnn")
+    assert Job("vgg16bn", 0, "bd_cnn").child == Job("vgg16bn", 0, "bd_ic_only")
+    with pytest.raises(ValueError, match="bd_ic_only needs bd_cnn"):
+        grid_jobs(["vgg16bn"], [0], ("cnn", "bd_ic_only"))
+    epochs = {"cnn": 7, "ic_only": 3, "sdn": 5}
+    runner = Runner(_settings(tmp_path, archs=["vgg16bn"], variants=("cnn", "bd_cnn", "bd_ic_only"), epochs=epochs))
+    bd_cnn = runner.command(Job("vgg16bn", 0, "bd_cnn"), "train")
+    assert [_option(bd_cnn, f) for f in ("--recipe", "--data", "--epochs")] == ["cnn", "data-backdoor", "7"]
+    assert "--parent" not in bd_cnn
+    bd_ic = runner.command(Job("vgg16bn", 0, "bd_ic_only"), "train")
+    assert [_option(bd_ic, f) for f in ("--recipe", "--data", "--epochs", "--parent")] == [
+        "ic_only", "data", "3", "runs/vgg16bn/s0/bd_cnn/model.pt"
+    ]  # fmt: skip
+    for variant in ("bd_cnn", "bd_ic_only"):
+        evaluate = runner.command(Job("vgg16bn", 0, variant), "evaluate")
+        assert _option(evaluate, "--data") == "data-backdoor"
+        assert _option(evaluate, "--splits") == "holdout,test,test_triggered,test_triggered_all"
+    clean = runner.command(Job("vgg16bn", 0, "cnn"), "evaluate")
+    assert (_option(clean, "--data"), _option(clean, "--splits")) == ("data", "holdout,test")
+
+
+@pytest.mark.slow
+def test_the_backdoor_runs_are_published_with_their_triggered_logits(fake_cifar_archive, tmp_path: Path) -> None:
+    """A toy backdoor grid end to end on the CPU: poisoned once, both runs published with the triggered splits and
+    the poisoning in their provenance, and the workflow's backdoor analysis reads them."""
+    from sdn.cli import main
+
+    archive = tmp_path / "c10.tar.gz"
+    fake_cifar_archive(archive, train_per_class=200, test_per_class=10)
+    # the sizes and epochs of the runner's toy check (SMALL=1): a CNN of one epoch on fewer images leaves batch-norm
+    # statistics under which the IC-only training can diverge
+    settings = _settings(
+        tmp_path, archive=archive, jobs=1, budget_s=1200.0, variants=("bd_cnn", "bd_ic_only"),
+        epochs={"cnn": 3, "ic_only": 1, "sdn": 1}, batch_size=32, prepare_args=["--holdout", "100"],
+        poison_args=["--target", "1"],
+    )  # fmt: skip
+    summary = Runner(settings).run()
+    assert summary["complete"], summary["jobs"]
+    repo = tmp_path / "repo"
+    ingest.ingest(settings.out, repo)
+    publish.verify(repo / "reproduction")
+    runs = repo / "reproduction" / "cifar10" / "resnet56" / "s0"
+    assert sorted(p.name for p in runs.iterdir()) == ["bd_cnn", "bd_ic_only"]
+    for variant in ("bd_cnn", "bd_ic_only"):
+        with np.load(runs / variant / "outputs.npz") as data:
+            assert data["test_triggered_all_logits"].shape[1] == 30  # every test image, the trigger on
+            assert data["test_triggered_logits"].shape[1] == 20  # those not of the target class
+        backdoor = publish.read_provenance(runs / variant)["backdoor"]
+        assert backdoor["target"] == 1 and backdoor["trigger"]["size"] == 5
+    out = tmp_path / "analysis"
+    args = ["backdoor", "analyze", "--cnn-outputs", str(runs / "bd_cnn" / "outputs.npz"), "--target", "1"]
+    assert main([*args, "--sdn-outputs", str(runs / "bd_ic_only" / "outputs.npz"), "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file()
+    again = Runner(settings)  # a later call on the same work folder poisons nothing again
+    again.poison_data()
+    assert "poison_s" not in again.call
+
+
 def _settings(tmp_path: Path, **changes: object) -> Settings:
     base = dict(out=tmp_path / "out", dataset="cifar10", archs=["resnet56"], seeds=[0], work=tmp_path / "work",
                 archive=None, device="cpu", jobs=2, budget_s=60.0, reserve_s=1.0)  # fmt: skip

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from sdn.config import PAPER_EPOCHS
-from sdn.reproduce.grid import VARIANTS
+from sdn.reproduce.grid import DEFAULT_VARIANTS, RECIPE, VARIANTS
 from sdn.reproduce.runner import DEFAULT_TOP_K, DIVERGED_RETRY_ARGS, REPO, Runner, Settings, log
 
 
@@ -58,11 +58,25 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     p.add_argument("--budget-s", type=float, default=3600.0)
     p.add_argument("--reserve-s", type=float, default=30.0, help="seconds kept for stopping and packing")
-    for variant in VARIANTS:
-        p.add_argument(f"--epochs-{variant.replace('_', '-')}", type=int, default=PAPER_EPOCHS[variant])
+    for recipe in PAPER_EPOCHS:
+        p.add_argument(
+            f"--epochs-{recipe.replace('_', '-')}",
+            type=int,
+            default=PAPER_EPOCHS[recipe],
+            help=f"epochs of the {recipe} recipe (the variants that train with it: "
+            f"{', '.join(v for v in VARIANTS if RECIPE[v] == recipe)})",
+        )
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)} (bd_*: the backdoor experiment, CIFAR-10 VGG-16-BN in the "
+        "paper; bd_ic_only needs bd_cnn)",
+    )
     p.add_argument("--prepare-args", default="", help="extra `sdn prepare-data` options (shell words)")
+    p.add_argument(
+        "--poison-args", default="", help="extra `sdn backdoor poison` options for the bd_* variants (shell words)"
+    )
     p.add_argument("--train-args", default="", help="extra `sdn train` options, e.g. '--exits paper-original'")
     p.add_argument("--part-mib", type=float, default=16.0)
     p.add_argument("--max-files", type=int, default=8)
@@ -115,8 +129,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     return Settings(
         out=a.out.resolve(), dataset=a.dataset, archs=archs, seeds=seeds, work=work.resolve(), archive=archive,
         device=a.device, jobs=a.jobs, budget_s=a.budget_s, reserve_s=a.reserve_s,
-        epochs={v: getattr(a, f"epochs_{v}") for v in VARIANTS}, batch_size=a.batch_size,
+        epochs={r: getattr(a, f"epochs_{r}") for r in PAPER_EPOCHS}, batch_size=a.batch_size,
         variants=tuple(v for v in a.variants.split(",") if v), prepare_args=shlex.split(a.prepare_args),
+        poison_args=shlex.split(a.poison_args),
         train_args=shlex.split(a.train_args), part_mib=a.part_mib, max_files=a.max_files,
         resume_max_mib=a.resume_max_mib, resume_from=a.resume_from,
         restart=[x for x in a.restart.replace(",", " ").split() if x],

@@ -3,6 +3,11 @@
 A job is one (arch, seed, variant) training followed by its evaluation. ``ic_only`` depends on the ``cnn`` of the
 same arch and seed (its ``--parent``). Paths inside the work folder are relative, so a resumed run (possibly on
 another machine, in another folder) passes ``sdn train`` the same ``--parent`` and its resume check agrees.
+
+The backdoor experiment's variants, as in the workflow (``workflow/rules/common.smk``): ``bd_cnn`` is the CNN recipe
+on the poisoned training set (``sdn backdoor poison``, in :data:`BACKDOOR_DATA`), ``bd_ic_only`` the IC-only recipe
+on the clean one with ``bd_cnn`` as its parent; both are evaluated on the poisoned folder's held-out and test splits
+and its triggered test splits (:data:`BACKDOOR_SPLITS`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,18 @@ from typing import Any
 
 from sdn import io
 
-VARIANTS = ("cnn", "ic_only", "sdn")
-START_ORDER = {"cnn": 0, "sdn": 1, "ic_only": 2}  # the CNN first: it unlocks its IC-only child
+VARIANTS = ("cnn", "ic_only", "sdn", "bd_cnn", "bd_ic_only")
+DEFAULT_VARIANTS = ("cnn", "ic_only", "sdn")
+BACKDOOR_VARIANTS = ("bd_cnn", "bd_ic_only")
+RECIPE = {"cnn": "cnn", "ic_only": "ic_only", "sdn": "sdn", "bd_cnn": "cnn", "bd_ic_only": "ic_only"}
+PARENT = {"ic_only": "cnn", "bd_ic_only": "bd_cnn"}  # an IC-only variant trains the ICs of this variant's CNN
+CHILD = {parent: child for child, parent in PARENT.items()}
+# the CNNs first: they unlock their IC-only children
+START_ORDER = {"cnn": 0, "bd_cnn": 0, "sdn": 1, "ic_only": 2, "bd_ic_only": 2}
+DATA = "data"  # the prepared data folder, relative to the work folder
+BACKDOOR_DATA = "data-backdoor"  # its poisoned copy (sdn backdoor poison), for the backdoor variants
+SPLITS = ("holdout", "test")
+BACKDOOR_SPLITS = ("holdout", "test", "test_triggered", "test_triggered_all")
 STATE_FILE = "state.json"
 
 
@@ -36,17 +51,37 @@ class Job:
         return Path("runs") / self.arch / f"s{self.seed}" / self.variant
 
     @property
+    def recipe(self) -> str:
+        """The ``sdn train --recipe`` of this job (its epochs are the recipe's)."""
+        return RECIPE[self.variant]
+
+    @property
     def parent(self) -> Job | None:
-        return Job(self.arch, self.seed, "cnn") if self.variant == "ic_only" else None
+        return Job(self.arch, self.seed, PARENT[self.variant]) if self.variant in PARENT else None
+
+    @property
+    def child(self) -> Job | None:
+        """The IC-only job whose parent this CNN is (whether or not it is in the grid)."""
+        return Job(self.arch, self.seed, CHILD[self.variant]) if self.variant in CHILD else None
+
+    @property
+    def train_data(self) -> str:
+        return BACKDOOR_DATA if self.variant == "bd_cnn" else DATA
+
+    @property
+    def evaluated_on(self) -> tuple[str, tuple[str, ...]]:
+        """(data folder, splits) of this job's evaluation."""
+        return (BACKDOOR_DATA, BACKDOOR_SPLITS) if self.variant in BACKDOOR_VARIANTS else (DATA, SPLITS)
 
 
-def grid_jobs(archs: list[str], seeds: list[int], variants: tuple[str, ...] = VARIANTS) -> list[Job]:
+def grid_jobs(archs: list[str], seeds: list[int], variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[Job]:
     """Every job of the grid in start order (CNNs, then SDNs, then IC-only; arch and seed order kept)."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
-    if "ic_only" in variants and "cnn" not in variants:
-        raise ValueError("variant ic_only needs cnn in the grid (the CNN is its parent)")
+    for child, parent in PARENT.items():
+        if child in variants and parent not in variants:
+            raise ValueError(f"variant {child} needs {parent} in the grid (the CNN is its parent)")
     jobs = [Job(a, s, v) for a in archs for s in seeds for v in variants]
     return sorted(jobs, key=lambda j: (START_ORDER[j.variant], archs.index(j.arch), seeds.index(j.seed)))
 

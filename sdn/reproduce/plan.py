@@ -50,13 +50,14 @@ def carryable_archs(archs: Iterable[str], num_classes: int, input_size: int, bud
     }
 
 
-def epoch_seconds(measured: Mapping[tuple[str, str], float], arch: str, variant: str) -> float | None:
-    """Seconds an epoch of ``arch``'s ``variant`` takes: measured, or scaled from a measured variant of the same
-    arch by :data:`RELATIVE_EPOCH_COST` (the slowest such estimate); None where nothing of ``arch`` is measured."""
-    if (arch, variant) in measured:
-        return measured[(arch, variant)]
+def epoch_seconds(measured: Mapping[tuple[str, str], float], arch: str, recipe: str) -> float | None:
+    """Seconds an epoch of ``arch`` under training ``recipe`` takes: measured, or scaled from a measured recipe of
+    the same arch by :data:`RELATIVE_EPOCH_COST` (the slowest such estimate); None where nothing of ``arch`` is
+    measured."""
+    if (arch, recipe) in measured:
+        return measured[(arch, recipe)]
     scaled = [
-        seconds / RELATIVE_EPOCH_COST[other] * RELATIVE_EPOCH_COST[variant]
+        seconds / RELATIVE_EPOCH_COST[other] * RELATIVE_EPOCH_COST[recipe]
         for (a, other), seconds in measured.items()
         if a == arch
     ]

@@ -59,7 +59,17 @@ from sdn import checkpoint, io
 from sdn.config import PAPER_EPOCHS
 from sdn.progress import read_progress, typical_epoch_seconds
 from sdn.reproduce import pack, plan, publish
-from sdn.reproduce.grid import STATE_FILE, VARIANTS, GridState, Job, grid_jobs, job_status
+from sdn.reproduce.grid import (
+    BACKDOOR_DATA,
+    BACKDOOR_VARIANTS,
+    DATA,
+    DEFAULT_VARIANTS,
+    STATE_FILE,
+    GridState,
+    Job,
+    grid_jobs,
+    job_status,
+)
 from sdn.train import EXIT_DIVERGED
 
 log = logging.getLogger("sdn.reproduce")
@@ -77,7 +87,7 @@ WEIGHTS_ONLY_DIR = "carry"
 # where models.tar's members are staged (relative to WORK)
 MODELS_STAGING_DIR = "models-out"
 # which finished checkpoints come back first when not all fit: the trained SDNs are the ones deployed
-MODEL_PRIORITY = {"sdn": 0, "ic_only": 1, "cnn": 2}
+MODEL_PRIORITY = {"sdn": 0, "ic_only": 1, "cnn": 2}  # then the backdoor runs
 
 
 @dataclass
@@ -92,10 +102,11 @@ class Settings:
     jobs: int = 3
     budget_s: float = 3600.0
     reserve_s: float = 30.0
-    epochs: dict[str, int] = field(default_factory=lambda: dict(PAPER_EPOCHS))
+    epochs: dict[str, int] = field(default_factory=lambda: dict(PAPER_EPOCHS))  # by recipe
     batch_size: int = 128
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     prepare_args: list[str] = field(default_factory=list)
+    poison_args: list[str] = field(default_factory=list)  # extra `sdn backdoor poison` options (backdoor variants)
     train_args: list[str] = field(default_factory=list)
     part_mib: float = 16.0
     max_files: int = 8
@@ -225,9 +236,36 @@ class Runner:
         if rc != 0 or not (data / "meta.json").is_file():
             raise RuntimeError(f"sdn prepare-data failed (rc {rc}); see {self.work / 'logs' / 'prepare.log'}")
         self.state.data["prepared"] = request
+        self.state.data.pop("poisoned", None)  # made from the data just replaced
         self.call["prepare_s"] = round(time.monotonic() - started, 1)
         self.state.save()
         log.info("data prepared in %.0f s", self.call["prepare_s"])
+
+    def poison_data(self) -> None:
+        """The backdoor variants' poisoned copy of the prepared data, once per prepared data: ``sdn backdoor poison``
+        with its defaults (those of ``config/reproduction.yaml``: target class 5, 10% of the training set, a white
+        5x5 square at (26, 26)) and ``poison_args``."""
+        if not any(job.variant in BACKDOOR_VARIANTS for job in self.jobs):
+            return
+        poisoned = self.work / BACKDOOR_DATA
+        request = {"from": self.state.data.get("prepared"), "poison_args": self.s.poison_args}
+        if (poisoned / "meta.json").is_file() and self.state.data.get("poisoned") == request:
+            log.info("poisoned data already in %s", poisoned)
+            return
+        started = time.monotonic()
+        shutil.rmtree(poisoned, ignore_errors=True)
+        command = [self.s.python, "-m", "sdn", "backdoor", "poison", "--data", DATA, "--out", BACKDOOR_DATA,
+                   *self.s.poison_args]  # fmt: skip
+        with open(self.work / "logs" / "poison.log", "ab") as handle:
+            rc = subprocess.run(
+                command, cwd=self.work, env=_env(), stdout=handle, stderr=subprocess.STDOUT
+            ).returncode
+        if rc != 0 or not (poisoned / "meta.json").is_file():
+            raise RuntimeError(f"sdn backdoor poison failed (rc {rc}); see {self.work / 'logs' / 'poison.log'}")
+        self.state.data["poisoned"] = request
+        self.call["poison_s"] = round(time.monotonic() - started, 1)
+        self.state.save()
+        log.info("backdoor data poisoned in %.0f s", self.call["poison_s"])
 
     # ------------------------------------------------------------------ concurrency
     def resolve_jobs(self) -> int:
@@ -292,12 +330,12 @@ class Runner:
             self.state.save()
 
     def measured_epoch_seconds(self) -> dict[tuple[str, str], float]:
-        """{(arch, variant): seconds per epoch} measured in this grid (the slowest seed)."""
+        """{(arch, recipe): seconds per epoch} measured in this grid (the slowest seed and variant)."""
         measured: dict[tuple[str, str], float] = {}
         for job in self.jobs:
             seconds = self.state.job(job).get("epoch_wall_s")
             if seconds:
-                key = (job.arch, job.variant)
+                key = (job.arch, job.recipe)
                 measured[key] = max(measured.get(key, 0.0), float(seconds))
         return measured
 
@@ -305,16 +343,16 @@ class Runner:
         """About how long ``job`` needs to train from where it is and be evaluated, plus, for a CNN, its IC-only
         child (its model.pt cannot be carried either); None where nothing of its arch is measured yet."""
         measured = self.measured_epoch_seconds()
-        per_epoch = plan.epoch_seconds(measured, job.arch, job.variant)
+        per_epoch = plan.epoch_seconds(measured, job.arch, job.recipe)
         if per_epoch is None:
             return None
         progress = read_progress(self.work / job.run_dir)
         done = progress["epoch"] if progress and (self.work / job.run_dir / "last.pt").is_file() else 0
-        needed = (max(self.s.epochs[job.variant] - done, 0) + 1) * per_epoch  # + about an epoch to evaluate
-        child = Job(job.arch, job.seed, "ic_only")
-        if job.variant == "cnn" and child in self.jobs and job_status(self.work, child, self.state) != "evaluated":
-            child_epoch = plan.epoch_seconds(measured, job.arch, "ic_only")
-            needed += (self.s.epochs["ic_only"] + 1) * (child_epoch or 0.0)
+        needed = (max(self.s.epochs[job.recipe] - done, 0) + 1) * per_epoch  # + about an epoch to evaluate
+        child = job.child
+        if child in self.jobs and job_status(self.work, child, self.state) != "evaluated":
+            child_epoch = plan.epoch_seconds(measured, job.arch, child.recipe)
+            needed += (self.s.epochs[child.recipe] + 1) * (child_epoch or 0.0)
         return needed
 
     def fits(self, job: Job) -> bool:
@@ -335,11 +373,13 @@ class Runner:
     def command(self, job: Job, phase: str) -> list[str]:
         run = job.run_dir.as_posix()
         if phase == "evaluate":
-            return [self.s.python, "-m", "sdn", "evaluate", "--checkpoint", f"{run}/model.pt", "--data", "data",
-                    "--out", f"{run}/outputs.npz", "--device", self.s.device]  # fmt: skip
-        command = [self.s.python, "-m", "sdn", "train", "--recipe", job.variant, "--arch", job.arch, "--data", "data",
-                   "--out", run, "--seed", str(job.seed), "--device", self.s.device,
-                   "--epochs", str(self.s.epochs[job.variant]), "--batch-size", str(self.s.batch_size)]  # fmt: skip
+            data, splits = job.evaluated_on
+            return [self.s.python, "-m", "sdn", "evaluate", "--checkpoint", f"{run}/model.pt", "--data", data,
+                    "--splits", ",".join(splits), "--out", f"{run}/outputs.npz",
+                    "--device", self.s.device]  # fmt: skip
+        command = [self.s.python, "-m", "sdn", "train", "--recipe", job.recipe, "--arch", job.arch,
+                   "--data", job.train_data, "--out", run, "--seed", str(job.seed), "--device", self.s.device,
+                   "--epochs", str(self.s.epochs[job.recipe]), "--batch-size", str(self.s.batch_size)]  # fmt: skip
         if job.parent is not None:
             command += ["--parent", f"{job.parent.run_dir.as_posix()}/model.pt"]
         return command + self.train_args(job)
@@ -392,8 +432,8 @@ class Runner:
     def parent_lost(self, job: Job) -> bool:
         """A finished CNN whose model.pt did not come with the resume pack while its IC-only child still needs it:
         it is trained again (and published again: ingest the calls in order). Resets its state when so."""
-        child = Job(job.arch, job.seed, "ic_only")
-        if job.variant != "cnn" or child not in self.jobs or job_status(self.work, child, self.state) == "evaluated":
+        child = job.child
+        if child not in self.jobs or job_status(self.work, child, self.state) == "evaluated":
             return False
         if (self.work / job.run_dir / "model.pt").is_file():
             return False
@@ -501,7 +541,7 @@ class Runner:
             "code": self.code,
             "environment": self.environment,
             "device": self.s.device,
-            "epochs": self.s.epochs[job.variant],
+            "epochs": self.s.epochs[job.recipe],
             "batch_size": self.s.batch_size,
             "train_args": self.train_args(job),
             "prepare_args": self.s.prepare_args,
@@ -517,6 +557,9 @@ class Runner:
             "optimizer_state_reset": entry.get("optimizer_state_reset", []),
             "concurrent_jobs": self.slots,
         }
+        if job.variant in BACKDOOR_VARIANTS:  # the poisoning: target class, rate, trigger, the poisoned samples' seed
+            poisoned = json.loads((self.work / BACKDOOR_DATA / "meta.json").read_text())
+            provenance["backdoor"] = poisoned.get("backdoor")
         dest = self.published_root() / "reproduction" / self.s.dataset / job.arch / f"s{job.seed}" / job.variant
         publish.publish_run(self.work / job.run_dir, dest, provenance, top_k=self.s.top_k)
         entry["published"] = True
@@ -549,7 +592,7 @@ class Runner:
             jobs[job.key] = {
                 "status": "failed" if job.key in self.failed else status,
                 "epochs_done": entry.get("epochs_done", 0),
-                "epochs": self.s.epochs[job.variant],
+                "epochs": self.s.epochs[job.recipe],
                 "error": self.failed.get(job.key),
                 "train_wall_s": round(self.state.wall_seconds(job, "train"), 1),
                 "evaluate_wall_s": round(self.state.wall_seconds(job, "evaluate"), 1),
@@ -579,7 +622,7 @@ class Runner:
         for job in self.jobs:
             run = job.run_dir
             status = job_status(self.work, job, self.state)
-            keep_parent = job.variant == "cnn" and any(
+            keep_parent = any(
                 j.parent == job and job_status(self.work, j, self.state) != "evaluated" for j in self.jobs
             )
             if status == "partial":
@@ -739,6 +782,7 @@ class Runner:
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         try:
             self.prepare_data()
+            self.poison_data()
             self.plan_carry()
             if not self.stop_requested:
                 self.slots = self.resolve_jobs()
