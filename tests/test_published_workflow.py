@@ -72,6 +72,48 @@ def test_a_cnn_published_alone_is_reported_and_an_sdn_without_its_cnn_is_left_ou
     assert "resnet56/s1 lacks ['cnn', 'sdn']: left out (['ic_only'] need the CNN's outputs)" in log
 
 
+def _publish_backdoor_pair(root: Path, target: int) -> None:
+    """The toy grid plus a backdoor pair (toy runs standing in for bd_cnn and bd_ic_only) whose provenance records
+    a poisoning with ``target`` and config/reproduction.yaml's other settings."""
+    shutil.copytree(TOY, root)
+    pair = root / "cifar10" / "vgg16bn" / "s0"
+    for variant, toy in (("bd_cnn", "cnn"), ("bd_ic_only", "ic_only")):
+        shutil.copytree(TOY / "cifar10" / "resnet56" / "s0" / toy, pair / variant)
+        provenance = json.loads((pair / variant / "provenance.json").read_text())
+        provenance["backdoor"] = {"target": target, "rate": 0.1, "trigger": {"size": 5, "x": 26, "y": 26}}
+        (pair / variant / "provenance.json").write_text(json.dumps(provenance))
+
+
+def test_a_published_backdoor_pair_is_analysed_with_the_target_it_was_poisoned_on(snakemake, tmp_path: Path) -> None:
+    _publish_backdoor_pair(tmp_path / "agrees", target=5)  # config/reproduction.yaml's target
+    done = snakemake(tmp_path, "-n", "--config", f"published={tmp_path / 'agrees'}", configfile=CONFIG)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert _rules(done.stdout)["backdoor_analysis"] == 1
+    _publish_backdoor_pair(tmp_path / "differs", target=3)
+    done = snakemake(tmp_path, "-n", "--config", f"published={tmp_path / 'differs'}", configfile=CONFIG)
+    assert done.returncode != 0
+    message = done.stderr + done.stdout
+    assert "config key backdoor differs from the poisoning of the published backdoor run" in message
+    assert "vgg16bn/s0/bd_cnn" in message and "target: config 5, published 3" in message
+
+
+def test_backdoor_config_mismatches_name_each_key_and_accept_runs_without_a_record(tmp_path: Path) -> None:
+    from sdn.reproduce.published import backdoor_config_mismatches
+
+    config = {"target": 5, "rate": 0.1, "trigger_size": 5, "trigger_x": 26, "trigger_y": 26, "seed": 0}
+    recorded = {"target": 5, "rate": 0.05, "trigger": {"size": 3, "x": 26, "y": 26}}
+    (tmp_path / "provenance.json").write_text(json.dumps({"backdoor": recorded}))
+    assert backdoor_config_mismatches(tmp_path, config) == [
+        "rate: config 0.1, published 0.05",
+        "trigger_size: config 5, published 3",
+    ]
+    (tmp_path / "provenance.json").write_text(json.dumps({"code": {}}))  # published before poisoning was recorded
+    assert backdoor_config_mismatches(tmp_path, config) == []
+    (tmp_path / "provenance.json").write_text("{not json")
+    with pytest.raises(ValueError, match="provenance.json: cannot read"):
+        backdoor_config_mismatches(tmp_path, config)
+
+
 def test_published_mode_without_runs_says_how_to_get_them(snakemake, tmp_path: Path) -> None:
     done = snakemake(tmp_path, "-n", "--config", f"published={tmp_path / 'reproduction'}", configfile=CONFIG)
     assert done.returncode != 0

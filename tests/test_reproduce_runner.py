@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -403,6 +404,7 @@ def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp
     assert first.returncode == 0, log1
     grid1 = json.loads((tmp_path / "out1" / "grid.json").read_text())
     assert not grid1["complete"] and grid1["calls"][-1]["stopped"] == "stop requested"
+    assert re.search(r"stopped train +resnet56/s0/cnn after [0-9]+ s \(stop requested\)", log1), log1
     assert grid1["jobs"]["resnet56/s0/cnn"]["status"] == "partial"
     assert 1 <= grid1["jobs"]["resnet56/s0/cnn"]["epochs_done"] < 3
     assert "runs/resnet56/s0/cnn/last.pt" in pack.unpack(tmp_path / "out1", "resume", tmp_path / "peek")

@@ -64,6 +64,36 @@ def find_runs(root: str | os.PathLike[str]) -> dict[tuple[str, str, str], set[st
     return found
 
 
+# config key under `backdoor` -> where the poisoning records it (meta.json of `sdn backdoor poison`, copied into a
+# published backdoor run's provenance.json as "backdoor")
+BACKDOOR_KEYS = {
+    "target": ("target",),
+    "rate": ("rate",),
+    "trigger_size": ("trigger", "size"),
+    "trigger_x": ("trigger", "x"),
+    "trigger_y": ("trigger", "y"),
+}
+
+
+def backdoor_config_mismatches(run: str | os.PathLike[str], backdoor_config: dict) -> list[str]:
+    """What the config's ``backdoor`` keys say differently from the poisoning a published backdoor run
+    (``run``: its bd_cnn folder) was trained on, one line per key ("target: config 5, published 3"); [] when they
+    agree or the run records no poisoning (published before the runner recorded it)."""
+    path = Path(run) / "provenance.json"
+    try:
+        recorded = json.loads(path.read_text()).get("backdoor") or {}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the published backdoor run's provenance ({error})") from error
+    mismatches = []
+    for key, where in BACKDOOR_KEYS.items():
+        value: object = recorded
+        for part in where:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and key in backdoor_config and float(value) != float(backdoor_config[key]):
+            mismatches.append(f"{key}: config {backdoor_config[key]}, published {value}")
+    return mismatches
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdn.reproduce.published", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", nargs="?", default="reproduction")

@@ -458,7 +458,8 @@ class Runner:
         self.running[job.key] = Running(job, phase, process, time.monotonic(), now_iso(), handle)
         log.info("start %-8s %s", phase, job.key)
 
-    def reap(self, item: Running, rc: int, stopped: bool = False) -> None:
+    def reap(self, item: Running, rc: int, stopped: str | None = None) -> None:
+        """Record a finished process; ``stopped``: why this call stopped it (budget reached, stop requested)."""
         self.measure(force=True)
         seconds = time.monotonic() - item.started
         item.log_file.close()
@@ -468,7 +469,7 @@ class Runner:
             segment["stopped"] = True
         self.state.add_segment(item.job, segment)
         if stopped:
-            log.info("stopped %-6s %s after %.0f s (budget)", item.phase, item.job.key, seconds)
+            log.info("stopped %-6s %s after %.0f s (%s)", item.phase, item.job.key, seconds, stopped)
             return
         if rc == EXIT_DIVERGED and item.phase == "train" and self.retry_diverged(item.job):
             return
@@ -488,7 +489,7 @@ class Runner:
                 self.failed[item.job.key] = f"publish failed: {error}"
                 log.warning("FAILED publish %s: %s", item.job.key, error)
 
-    def stop_all(self) -> None:
+    def stop_all(self, reason: str) -> None:
         for item in list(self.running.values()):
             _signal_group(item.process, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
@@ -498,7 +499,7 @@ class Runner:
             except subprocess.TimeoutExpired:
                 _signal_group(item.process, signal.SIGKILL)
                 rc = item.process.wait()
-            self.reap(item, rc, stopped=True)
+            self.reap(item, rc, stopped=reason)
         if self.running:  # reap() removes each; anything left would be a bug
             raise RuntimeError(f"jobs still running after stop: {sorted(self.running)}")
 
@@ -513,7 +514,7 @@ class Runner:
                 reason = "stop requested" if self.stop_requested else "budget reached"
                 if self.running:
                     log.info("%s: stopping %d running job(s)", reason, len(self.running))
-                self.stop_all()
+                self.stop_all(reason)
                 self.call["stopped"] = reason
                 return
             self.measure()
@@ -789,7 +790,7 @@ class Runner:
                 self.call["jobs"] = self.slots
                 self.schedule()
         finally:
-            self.stop_all()
+            self.stop_all(self.call.get("stopped", "runner exiting"))
             summary = self.summary()
             self.pack(summary)
             self.state.save()

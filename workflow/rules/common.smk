@@ -411,6 +411,17 @@ def backdoor_targets() -> list[str]:
         return []
     if PUBLISHED and not set(BACKDOOR_VARIANTS) <= PUBLISHED_RUNS.get(_backdoor_run(), set()):
         return []
+    if PUBLISHED:  # the analysis takes the target from the config: it must be the one the run was poisoned with
+        from sdn.reproduce.published import backdoor_config_mismatches
+
+        dataset, arch, seed = _backdoor_run()
+        run = f"{PUBLISHED}/{dataset}/{arch}/s{seed}/bd_cnn"
+        mismatches = backdoor_config_mismatches(run, BACKDOOR)
+        if mismatches:
+            raise ValueError(
+                f"config key backdoor differs from the poisoning of the published backdoor run {run} "
+                f"(its provenance.json): {'; '.join(mismatches)}. Set those backdoor keys to the published values."
+            )
     return [_in_run(*_backdoor_run(), "bd_ic_only", "analysis/backdoor/summary.json")]
 
 
