@@ -43,3 +43,35 @@ def test_the_early_exit_analysis_runs_on_a_published_sdn() -> None:
     outputs = load_outputs(FIXTURE / "cifar10" / "resnet56" / "s0" / "sdn" / "outputs.npz")
     summary = early_exit.analyze(outputs, policies=("confidence",))["summary"]
     assert summary["num_exits"] == 7 and "tolerance" in summary["policies"]["confidence"]
+
+
+def test_the_exit_time_model_reduces_to_the_op_count_without_overheads_and_runs_on_a_published_sdn() -> None:
+    """docs/deploy-latency/exit_time_model.py: with no IC cost and segment 0 at its ops share, its time saving is
+    the ops-predicted saving (for any subset of the ICs); its command line runs on a published run."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "deploy-latency" / "exit_time_model.py"
+    spec = importlib.util.spec_from_file_location("exit_time_model", script)
+    model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model)
+    sdn_run = FIXTURE / "cifar10" / "resnet56" / "s0" / "sdn" / "outputs.npz"
+    outputs = load_outputs(sdn_run)
+    cost = np.asarray(outputs["exit_fraction"], dtype=np.float64)
+    logits = np.asarray(outputs["test_logits"], dtype=np.float64)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    labels = np.asarray(outputs["test_labels"])
+    times = model.segment_time(cost, seg0_time=float(cost[0]))
+    np.testing.assert_allclose(times.sum(), cost[-1])
+    for ics in ((0, 1, 2, 3, 4, 5), (1, 3)):
+        for threshold in (0.0, 0.3, 0.9):
+            _, ops, time = model.modelled(probs, labels, cost, times, ics, threshold, ic_time=0.0)
+            assert abs(time - ops) < 1e-9
+            _, _, slower = model.modelled(probs, labels, cost, times, ics, threshold, ic_time=0.01)
+            assert slower < time  # every image passes at least one IC of the subset, or reaches the end
+    command = [sys.executable, str(script), str(sdn_run), "--thresholds", "0.5"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("best subset on held-out") == 3, done.stdout

@@ -29,9 +29,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def segment_time(cost: np.ndarray, seg0_time: float) -> np.ndarray:
-    """Each segment's share of the CNN's time: segment 0 as given, the others by their ops."""
+    """Each segment's time in units of the CNN's: segment 0 as given, the others by their ops, in all what the ops
+    count for the whole SDN (``cost[-1]``, the CNN's ops and the ICs', just over 1)."""
     ops = np.diff(np.concatenate([[0.0], cost]))
-    rest = ops[1:] / ops[1:].sum() * (1.0 - seg0_time)
+    rest = ops[1:] / ops[1:].sum() * (cost[-1] - seg0_time)
     return np.concatenate([[seg0_time], rest])
 
 
@@ -44,6 +45,10 @@ def modelled(probs, labels, cost, times, ics: tuple[int, ...], threshold: float,
     passed = np.searchsorted(np.asarray(ics), exit_at, side="right")  # ICs evaluated up to and including the exit
     time = np.cumsum(times)[exit_at] + ic_time * passed
     return result.accuracy, 1.0 - result.avg_cost_fraction, 1.0 - float(time.mean())
+
+
+def ratio(time: float, ops: float) -> float:
+    return time / ops if ops > 0 else float("nan")
 
 
 def main() -> None:
@@ -70,7 +75,7 @@ def main() -> None:
             line = (
                 f"threshold {threshold}, {ic_us:.0f} us an IC: all ICs: test {accuracy:.2f}%, ops saving {ops:.3f}, "
             )
-            line += f"modelled time saving {time:.3f} (ratio {time / ops:.2f})"
+            line += f"modelled time saving {time:.3f} (ratio {ratio(time, ops):.2f})"
             baseline = modelled(*split["holdout"], cost, times, ics, threshold, ic_time)[0]
             candidates = []
             for size in range(1, len(ics) + 1):
@@ -80,7 +85,7 @@ def main() -> None:
                         candidates.append((held[2], subset))
             best = max(candidates)[1]
             accuracy_b, _, time_b = modelled(*split["test"], cost, times, best, threshold, ic_time)
-            print(f"{line}; best subset on held-out {best}: test {accuracy_b:.2f}%, ratio {time_b / ops:.2f}")
+            print(f"{line}; best subset on held-out {best}: test {accuracy_b:.2f}%, ratio {ratio(time_b, ops):.2f}")
 
 
 if __name__ == "__main__":
