@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sdn.analysis import early_exit
+from sdn.analysis.arrays import softmax
 from sdn.outputs import load as load_outputs
 from sdn.reproduce import publish
 
@@ -59,9 +60,7 @@ def test_the_exit_time_model_reduces_to_the_op_count_without_overheads_and_runs_
     sdn_run = FIXTURE / "cifar10" / "resnet56" / "s0" / "sdn" / "outputs.npz"
     outputs = load_outputs(sdn_run)
     cost = np.asarray(outputs["exit_fraction"], dtype=np.float64)
-    logits = np.asarray(outputs["test_logits"], dtype=np.float64)
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
+    probs = softmax(outputs["test_logits"])
     labels = np.asarray(outputs["test_labels"])
     times = model.segment_time(cost, seg0_time=float(cost[0]))
     np.testing.assert_allclose(times.sum(), cost[-1])

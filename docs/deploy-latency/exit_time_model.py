@@ -18,14 +18,9 @@ import itertools
 
 import numpy as np
 
+from sdn.analysis.arrays import softmax
 from sdn.analysis.early_exit import simulate
 from sdn.outputs import load
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def segment_time(cost: np.ndarray, seg0_time: float) -> np.ndarray:
@@ -69,6 +64,8 @@ def main() -> None:
         for name in ("holdout", "test")
     }
     for threshold in (float(q) for q in args.thresholds.split(",")):
+        # the held-out accuracy of all ICs (the same at any IC cost)
+        baseline = modelled(*split["holdout"], cost, times, ics, threshold, 0.0)[0]
         for ic_us in (args.ic_us, args.ic_us / 2, 0.0):
             ic_time = ic_us / args.cnn_us
             accuracy, ops, time = modelled(*split["test"], cost, times, ics, threshold, ic_time)
@@ -76,7 +73,6 @@ def main() -> None:
                 f"threshold {threshold}, {ic_us:.0f} us an IC: all ICs: test {accuracy:.2f}%, ops saving {ops:.3f}, "
             )
             line += f"modelled time saving {time:.3f} (ratio {ratio(time, ops):.2f})"
-            baseline = modelled(*split["holdout"], cost, times, ics, threshold, ic_time)[0]
             candidates = []
             for size in range(1, len(ics) + 1):
                 for subset in itertools.combinations(ics, size):
