@@ -277,7 +277,17 @@ def test_provenance_names_every_call_that_trained_the_run(tmp_path: Path, monkey
     Runner(_settings(tmp_path, budget_s=1.5, reserve_s=0.5, jobs=1)).run()
     _fake_commands(monkeypatch, 0.1, launched)
     monkeypatch.setattr(publish, "environment", lambda: {"gpus": ["second GPU"], "cpu": "second CPU"})
-    second = Runner(_settings(tmp_path, device="cuda", jobs=1))
+    cnn_run = tmp_path / "work" / Job("resnet56", 0, "cnn").run_dir
+    progress = {"epochs": 5, "epoch_wall_s": [1.0, 1.0]}
+    (cnn_run / "progress.json").write_text(json.dumps({**progress, "epoch": 2}))  # the first call reached epoch 2
+
+    def finishing(self: Runner, job: Job, phase: str) -> list[str]:  # the second call trains epochs 3-5
+        if job == Job("resnet56", 0, "cnn") and phase == "train":
+            (cnn_run / "progress.json").write_text(json.dumps({**progress, "epoch": 5}))
+        return [sys.executable, "-c", FAKE_JOB, phase, job.run_dir.as_posix(), "0.1"]
+
+    monkeypatch.setattr(Runner, "command", finishing)
+    second = Runner(_settings(tmp_path, device="cuda", jobs=1, train_args=["--amp"]))
     second.run()
     assert launched[0] == ("train", "resnet56/s0/cnn") and len(second.state.data["calls"]) == 2
     cnn = second.state.job(Job("resnet56", 0, "cnn"))["segments"]
@@ -289,6 +299,9 @@ def test_provenance_names_every_call_that_trained_the_run(tmp_path: Path, monkey
     calls = second.contributing_calls(cnn)
     assert [c["environment"]["cpu"] for c in calls] == ["first CPU", "second CPU"]
     assert [c["device"] for c in calls] == ["cpu", "cuda"]
+    assert [c["train_args"] for c in calls] == [[], ["--amp"]]  # a precision changed between calls shows
+    assert [s.get("epochs") for s in cnn] == [[0, 0], [2, 5], None]  # train segments: epochs before and after
+    assert [s.get("train_args") for s in cnn] == [[], ["--amp"], None]
     assert all(len(c["code"]["source_sha256"]) == 64 and c["started"] for c in calls)
     ic_only = second.contributing_calls(second.state.job(Job("resnet56", 0, "ic_only"))["segments"])
     assert [c["environment"]["gpus"] for c in ic_only] == [["second GPU"]]

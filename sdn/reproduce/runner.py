@@ -129,6 +129,7 @@ class Running:
     started: float
     started_at: str
     log_file: IO[bytes]
+    epochs_before: int  # the epochs its run had finished when it started (progress.json; 0 where there is none)
 
 
 def now_iso() -> str:
@@ -447,6 +448,7 @@ class Runner:
         return True
 
     def launch(self, job: Job, phase: str) -> None:
+        before = self.epochs_finished(job)
         (self.work / job.run_dir).mkdir(parents=True, exist_ok=True)
         handle = open(self.log_path(job), "ab")  # noqa: SIM115 (closed when the process is reaped)
         command = self.command(job, phase)
@@ -455,8 +457,12 @@ class Runner:
         process = subprocess.Popen(
             command, cwd=self.work, env=_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self.running[job.key] = Running(job, phase, process, time.monotonic(), now_iso(), handle)
+        self.running[job.key] = Running(job, phase, process, time.monotonic(), now_iso(), handle, before)
         log.info("start %-8s %s", phase, job.key)
+
+    def epochs_finished(self, job: Job) -> int:
+        progress = read_progress(self.work / job.run_dir)
+        return progress["epoch"] if progress is not None else 0
 
     def reap(self, item: Running, rc: int, stopped: str | None = None) -> None:
         """Record a finished process; ``stopped``: why this call stopped it (budget reached, stop requested)."""
@@ -465,6 +471,9 @@ class Runner:
         item.log_file.close()
         del self.running[item.job.key]
         segment = {"phase": item.phase, "started": item.started_at, "seconds": round(seconds, 2), "rc": rc}
+        if item.phase == "train":  # which epochs it trained, and how (a run may change precision between calls)
+            segment["epochs"] = [item.epochs_before, self.epochs_finished(item.job)]
+            segment["train_args"] = self.train_args(item.job)
         if stopped:
             segment["stopped"] = True
         self.state.add_segment(item.job, segment)
@@ -568,8 +577,9 @@ class Runner:
 
     def contributing_calls(self, segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The calls that ran ``segments`` (each segment belongs to the last call started before it): when each
-        started, its device, code and machine. A run trained over several calls (or sessions) may span code
-        versions and machines; this says which."""
+        started, its device, code, machine and extra ``sdn train`` options. A run trained over several calls (or
+        sessions) may span code versions, machines and precisions (bf16 on a GPU, fp32 or ``--amp`` on a CPU);
+        this says which (each train segment says which epochs, ``[finished before, after]``)."""
         calls = self.state.data["calls"]
         used: list[dict[str, Any]] = []
         for segment in segments:
@@ -577,7 +587,14 @@ class Runner:
             if before and before[-1] not in used:
                 used.append(before[-1])
         keys = ("started", "code", "environment")
-        return [{**{k: c[k] for k in keys if k in c}, "device": c["settings"].get("device")} for c in used]
+        return [
+            {
+                **{k: c[k] for k in keys if k in c},
+                "device": c["settings"].get("device"),
+                "train_args": c["settings"].get("train_args", []),
+            }
+            for c in used
+        ]
 
     def summary(self) -> dict[str, Any]:
         wall = time.monotonic() - self.start
