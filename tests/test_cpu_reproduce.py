@@ -75,7 +75,10 @@ def test_a_fresh_machine_continues_from_the_committed_resume_pack(fake_cifar_arc
     publish.verify(repo / "reproduction")
     runs = repo / "reproduction" / "cifar10" / "resnet56" / "s0"
     assert sorted(p.name for p in runs.iterdir()) == ["cnn", "ic_only"]
-    assert len(publish.read_provenance(runs / "cnn")["calls"]) == 2
+    provenance = publish.read_provenance(runs / "cnn")
+    assert len(provenance["calls"]) == 2
+    trained = [s["epochs"] for s in provenance["segments"] if s["phase"] == "train"]  # [finished before, after]
+    assert len(trained) == 2 and trained[0][0] == 0 and trained[1] == [trained[0][1], 3] and trained[0][1] >= 1
     assert json.loads((repo / "reproduction" / "cifar10" / "grid-cpu.json").read_text())["complete"]
 
     # a larger grid later (the SDN training too), on a third machine: the finished jobs are not trained again

@@ -461,8 +461,13 @@ class Runner:
         log.info("start %-8s %s", phase, job.key)
 
     def epochs_finished(self, job: Job) -> int:
+        """The epochs ``job``'s run has finished: its progress.json, or where a resume pack did not carry one, what
+        the grid state kept of it (the call that packed it recorded its epochs), else 0."""
         progress = read_progress(self.work / job.run_dir)
-        return progress["epoch"] if progress is not None else 0
+        if progress is not None:
+            return int(progress["epoch"])
+        resumable = (self.work / job.run_dir / "last.pt").is_file()
+        return int(self.state.job(job).get("epochs_done", 0)) if resumable else 0
 
     def reap(self, item: Running, rc: int, stopped: str | None = None) -> None:
         """Record a finished process; ``stopped``: why this call stopped it (budget reached, stop requested)."""
