@@ -150,23 +150,23 @@ class _Composer:
         p = f"{chain}{k}_"
         nodes, weights, outs = self.inline(k, p, x)
         answer_nodes, answer = self.answer(p, outs["logits"], k)
-        nodes += answer_nodes
         if k == self.final_level:
-            return nodes, weights, answer
+            return nodes + answer_nodes, weights, answer
         decide, fired = self.decision(p, outs["logits"])
         nodes += decide
-        if chain == "r":  # one image: it exits here, or the next level runs on its features
+        if chain == "r":  # one image: it exits here (its answer computed only then), or the next level runs
             next_nodes, next_weights, next_answer = self.level(k + 1, outs["features"], chain)
             nodes.append(
                 helper.make_node(
                     "If",
                     [fired],
                     [f"{p}out"],
-                    then_branch=_branch([], f"{p}exits", answer),
+                    then_branch=_branch(answer_nodes, f"{p}exits", answer),
                     else_branch=_branch(next_nodes, f"{p}goes_on", next_answer, next_weights),
                 )
             )
             return nodes, weights, f"{p}out"
+        nodes += answer_nodes
         nodes += [
             helper.make_node("Not", [fired], [f"{p}running"]),
             helper.make_node("NonZero", [f"{p}running"], [f"{p}running_2d"]),
