@@ -106,6 +106,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         exits=positions if positions else "none",
         alpha_mode=meta.get("alpha_mode", "bounded"),
         ic_input=meta.get("ic_input", DEFAULT_IC_INPUT),
+        ic_head=meta.get("ic_head", "paper"),
     )
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval(), meta

@@ -74,6 +74,8 @@ def fused_exit_logits(head: InternalClassifier, alpha: torch.Tensor | None, h: t
     if isinstance(head.pool, MixedPool):
         assert alpha is not None
         h = torch.lerp(head.pool.avg_pool(h), head.pool.max_pool(h), alpha)
+    else:  # nn.Identity (a map smaller than 4x4) or the global average pool of head="gap"
+        h = head.pool(h)
     return F.linear(torch.flatten(h, 1), head.linear.weight, head.linear.bias)
 
 

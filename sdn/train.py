@@ -54,11 +54,13 @@ RESUME_KEYS = (
     "weights",
     "ic_input",
     "alpha_mode",
+    "ic_head",
 )
 RESUME_DEFAULTS = {
     "ic_input": DEFAULT_IC_INPUT,
     "alpha_mode": "bounded",
     "weights": None,
+    "ic_head": "paper",
 }  # what a last.pt without the key used
 
 
@@ -123,6 +125,7 @@ def build_model(
     ic_input: str = DEFAULT_IC_INPUT,
     alpha_mode: str = "bounded",
     weights: str | None = None,
+    ic_head: str = "paper",
 ) -> MultiExitNet:
     """The network for ``recipe``: the plain CNN for ``cnn``, the backbone with exits otherwise; ``weights``
     (torchvision/timm networks) are loaded into the backbone."""
@@ -136,6 +139,7 @@ def build_model(
         ic_input=ic_input,
         alpha_mode=alpha_mode,
         weights=weights,
+        ic_head=ic_head,
     )
     if recipe.kind != "cnn" and model.num_exits < 2:
         raise ValueError(f"recipe {recipe.kind!r} needs internal classifiers, but exits={exits!r} gives none")
@@ -407,6 +411,7 @@ def train(
     alpha_mode: str = "bounded",
     force_data_mismatch: bool = False,
     weights: str | None = None,
+    ic_head: str = "paper",
 ) -> Path:
     """Train ``arch`` with ``recipe`` on the prepared data in ``data_dir``; return ``out_dir/model.pt``.
 
@@ -458,6 +463,7 @@ def train(
         ic_input=ic_input,
         alpha_mode=alpha_mode,
         weights=weights,
+        ic_head=ic_head,
     )
     if parent is not None:
         load_parent(model, parent, arch, data, force_data_mismatch)
@@ -479,6 +485,7 @@ def train(
         "weights": weights,
         "ic_input": ic_input,
         "alpha_mode": alpha_mode,
+        "ic_head": ic_head,
         "data": data.identity(),
     }
     history: list[dict[str, float]] = []

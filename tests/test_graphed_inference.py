@@ -18,9 +18,10 @@ THRESHOLDS = [0.3, 0.5, 0.7, 0.9, 0.99]
 
 @pytest.mark.parametrize("alpha_mode", ["bounded", "original"])
 @pytest.mark.parametrize("spatial", [16, 3])  # pooled (MixedPool) and unpooled (Identity) heads
-def test_fused_exit_logits_equal_the_head(alpha_mode: str, spatial: int) -> None:
+@pytest.mark.parametrize("ic_head", ["paper", "gap"])  # gap: global average pooling at any size
+def test_fused_exit_logits_equal_the_head(alpha_mode: str, spatial: int, ic_head: str) -> None:
     torch.manual_seed(1)
-    head = InternalClassifier(8, spatial, spatial, 5, alpha_mode=alpha_mode).eval()
+    head = InternalClassifier(8, spatial, spatial, 5, alpha_mode=alpha_mode, head=ic_head).eval()  # type: ignore[arg-type]
     with torch.no_grad():
         if hasattr(head.pool, "alpha_param"):
             head.pool.alpha_param.fill_(0.3)

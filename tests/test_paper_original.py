@@ -101,7 +101,7 @@ def test_resume_refuses_other_model_switches_and_accepts_an_older_last_pt() -> N
 
     from sdn.train import _check_resume
 
-    current = {"arch": "resnet56", "ic_input": "pre-relu", "alpha_mode": "bounded"}
+    current = {"arch": "resnet56", "ic_input": "pre-relu", "alpha_mode": "bounded", "ic_head": "paper"}
     with pytest.raises(ValueError, match=r"ic_input='post-relu', but this run has ic_input='pre-relu'"):
         _check_resume({"arch": "resnet56"}, current, Path("last.pt"))  # an older last.pt: the defaults
     _check_resume({"arch": "resnet56"}, {**current, "ic_input": "post-relu"}, Path("last.pt"))

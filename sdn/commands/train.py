@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="IC pooling mix: bounded sigmoid weight at 0.5 (default) or unconstrained, random init (the original's)",
     )
     parser.add_argument(
+        "--ic-head",
+        choices=("paper", "gap"),
+        default="paper",
+        help="IC head on convolutional maps: the paper's (mixed pooling to about 4x4, then a linear layer; default) "
+        "or gap (global average pooling, then a linear layer: not the paper's, fewer ops and kernels at each exit)",
+    )
+    parser.add_argument(
         "--max-train-samples",
         type=int,
         help="train on a stratified subset of N training images (the same for every seed)",
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "exits": args.exits,
         "ic_input": args.ic_input,
         "alpha_mode": args.alpha_mode,
+        "ic_head": args.ic_head,
         "parent": str(args.parent) if args.parent else None,
         "weights": args.weights,
         "max_train_samples": args.max_train_samples,
@@ -163,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             cuda_graph=args.cuda_graph,
             ic_input=args.ic_input,
             alpha_mode=args.alpha_mode,
+            ic_head=args.ic_head,
             force_data_mismatch=args.force_data_mismatch,
             weights=args.weights,
             on_epoch=lambda epoch, metrics: tracked.log_metrics(epoch_metrics(metrics), step=epoch),

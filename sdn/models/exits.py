@@ -1,6 +1,7 @@
 """Internal classifier (IC) heads.
 
-Convolutional (C, H, W) maps get the paper's head: mixed max/avg pooling down to about 4x4, then one linear layer.
+Convolutional (C, H, W) maps get the paper's head: mixed max/avg pooling down to about 4x4, then one linear layer
+(``head="gap"``, not the paper's: global average pooling, then one linear layer, cheaper to run at an exit).
 Token sequences (N, D) (ViT, DeiT) get LayerNorm, the class token (or the mean over tokens), one linear layer;
 channels-last (H, W, C) maps (Swin stages) get LayerNorm over C, the mean over H and W, one linear layer.
 """
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 AlphaMode = Literal["bounded", "original"]
+ICHead = Literal["paper", "gap"]
+IC_HEADS: tuple[str, ...] = ("paper", "gap")
 FeatureLayout = Literal["chw", "hwc", "tokens"]
 TokenPool = Literal["cls", "mean"]
 LAYOUTS: tuple[str, ...] = ("chw", "hwc", "tokens")
@@ -57,7 +60,9 @@ class MixedPool(nn.Module):
 
 
 class InternalClassifier(nn.Module):
-    """Feature reduction (mixed pooling when the map is at least 4x4) followed by a single linear layer."""
+    """Feature reduction followed by a single linear layer. ``head="paper"``: mixed pooling to about 4x4 when the
+    map is at least 4x4 (the paper's); ``"gap"``: global average pooling to 1x1, so the linear layer reads only the
+    channels (fewer ops and kernels at each exit; a model change whose accuracy has to be measured)."""
 
     def __init__(
         self,
@@ -66,10 +71,17 @@ class InternalClassifier(nn.Module):
         width: int,
         num_classes: int,
         alpha_mode: AlphaMode = "bounded",
+        head: ICHead = "paper",
     ) -> None:
         super().__init__()
+        if head not in IC_HEADS:
+            raise ValueError(f"unknown IC head {head!r}; allowed: {', '.join(IC_HEADS)}")
+        self.head = head
         kernel = reduction_kernel(min(height, width))
-        if kernel is None:
+        if head == "gap":
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            out_h, out_w = 1, 1
+        elif kernel is None:
             self.pool: nn.Module = nn.Identity()
             out_h, out_w = height, width
         else:
@@ -121,9 +133,11 @@ def make_exit(
     layout: FeatureLayout = "chw",
     token_pool: TokenPool = "cls",
     alpha_mode: AlphaMode = "bounded",
+    head: ICHead = "paper",
     where: str = "block",
 ) -> nn.Module:
-    """The IC head that fits a feature of ``shape`` (without batch) in ``layout``; ``where`` names it in errors."""
+    """The IC head that fits a feature of ``shape`` (without batch) in ``layout``; ``where`` names it in errors.
+    ``head`` applies to (C, H, W) maps (token and channels-last heads pool globally already)."""
     dims = tuple(int(d) for d in shape)
     expected = 2 if layout == "tokens" else 3
     if layout not in LAYOUTS:
@@ -137,4 +151,4 @@ def make_exit(
         return TokenClassifier(dims[1], num_classes, token_pool)
     if layout == "hwc":
         return ChannelsLastClassifier(dims[2], num_classes)
-    return InternalClassifier(*dims, num_classes=num_classes, alpha_mode=alpha_mode)
+    return InternalClassifier(*dims, num_classes=num_classes, alpha_mode=alpha_mode, head=head)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdn.models.exits import AlphaMode
+from sdn.models.exits import AlphaMode, ICHead
 from sdn.models.multiexit import MultiExitNet
 from sdn.models.placement import ExitsArg, resolve_exits
 from sdn.models.registry import DEFAULT_IC_INPUT, get_spec
@@ -17,6 +17,7 @@ def create(
     alpha_mode: AlphaMode = "bounded",
     ic_input: str = DEFAULT_IC_INPUT,
     weights: str | None = None,
+    ic_head: ICHead = "paper",
 ) -> MultiExitNet:
     """Build architecture ``name`` with its exits.
 
@@ -28,6 +29,9 @@ def create(
     ``"none"``/``None`` (the plain CNN), ``"cost:0.15,0.3,..."`` (after the block whose cumulative cost is
     closest to each fraction of the CNN's cost), ``"all"`` (after every block but the last) or an explicit sequence
     of block indices.
+
+    ``ic_head``: the ICs' head on (C, H, W) maps: ``"paper"`` (mixed pooling to about 4x4, then a linear layer) or
+    ``"gap"`` (global average pooling, then a linear layer; not the paper's, cheaper to run at an exit).
 
     ``weights`` (torchvision/timm models only): a local state-dict file of the original network or a hub weights
     name (``DEFAULT``, ``IMAGENET1K_V1``, a timm pretrained tag); loaded into the backbone before exits attach.
@@ -52,6 +56,7 @@ def create(
         input_size=input_size,
         exit_positions=positions,
         alpha_mode=alpha_mode,
+        ic_head=ic_head,
     )
     if spec.exit_init is not None:
         for head in model.exits:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sdn.models.exits import AlphaMode, FeatureLayout, TokenPool, make_exit
+from sdn.models.exits import AlphaMode, FeatureLayout, ICHead, TokenPool, make_exit
 
 BACKBONE_PREFIXES = ("stem.", "blocks.", "head.")
 
@@ -44,6 +44,7 @@ class MultiExitNet(nn.Module):
         input_size: int,
         exit_positions: Sequence[int] = (),
         alpha_mode: AlphaMode = "bounded",
+        ic_head: ICHead = "paper",
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -70,6 +71,7 @@ class MultiExitNet(nn.Module):
                 layout=parts.layout,
                 token_pool=parts.token_pool,
                 alpha_mode=alpha_mode,
+                head=ic_head,
                 where=f"block {p}",
             )
             for p in positions

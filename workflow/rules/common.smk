@@ -261,14 +261,17 @@ def prepare_options(wildcards) -> str:
 
 
 def model_options(kind: str, arch: str | None) -> list[str]:
-    """--ic-input (where `arch` offers it), --alpha-mode (recipes with ICs) and --backbone-mode (ic_only), each only
-    when it differs from the default, so that the default config's train commands stay as they were."""
+    """--ic-input (where `arch` offers it), --alpha-mode and --ic-head (recipes with ICs) and --backbone-mode (ic_only),
+    each only when it differs from the default, so that the default config's train commands stay as they were."""
     ic_input, alpha_mode, backbone_mode = config["ic_input"], config["alpha_mode"], config["backbone_mode"]
+    ic_head = config["ic_head"]
     parts = []
     if ic_input != "post-relu" and arch is not None and ic_input in get_spec(arch).ic_inputs:
         parts += ["--ic-input", ic_input]
     if alpha_mode != "bounded" and kind != "cnn":
         parts += ["--alpha-mode", alpha_mode]
+    if ic_head != "paper" and kind != "cnn":
+        parts += ["--ic-head", ic_head]
     if backbone_mode != "eval" and kind == "ic_only":
         parts += ["--backbone-mode", backbone_mode]
     return parts

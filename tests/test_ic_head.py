@@ -1,0 +1,77 @@
+"""The IC head option: the paper's mixed pooling to about 4x4, or global average pooling (``ic_head: gap``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sdn.checkpoint import load_checkpoint
+from sdn.models import create
+from sdn.models.cost import profile_model
+from sdn.models.exits import InternalClassifier, MixedPool
+
+
+def test_a_gap_head_pools_each_channel_to_one_value() -> None:
+    head = InternalClassifier(8, 16, 16, 5, head="gap").eval()
+    assert isinstance(head.pool, nn.AdaptiveAvgPool2d) and head.linear.in_features == 8
+    x = torch.randn(3, 8, 16, 16)
+    expected = head.linear(x.mean(dim=(2, 3)))
+    torch.testing.assert_close(head(x), expected)
+    paper = InternalClassifier(8, 16, 16, 5)
+    assert isinstance(paper.pool, MixedPool) and paper.linear.in_features == 8 * 4 * 4
+
+
+def test_an_unknown_head_is_named() -> None:
+    with pytest.raises(ValueError, match=r"unknown IC head 'max'; allowed: paper, gap"):
+        InternalClassifier(8, 16, 16, 5, head="max")  # type: ignore[arg-type]
+
+
+def test_gap_heads_cost_less_and_leave_the_backbone_alone() -> None:
+    paper = create("resnet56", num_classes=10, input_size=32)
+    gap = create("resnet56", num_classes=10, input_size=32, ic_head="gap")
+    assert gap.exit_positions == paper.exit_positions
+    backbone = {k: v.shape for k, v in paper.state_dict().items() if not k.startswith("exits.")}
+    assert backbone == {k: v.shape for k, v in gap.state_dict().items() if not k.startswith("exits.")}
+    paper_cost, gap_cost = profile_model(paper, 32), profile_model(gap, 32)
+    for p, g in zip(paper_cost.exits, gap_cost.exits, strict=True):
+        assert g.fraction < p.fraction  # reaching each exit costs less: every IC on the way is cheaper
+
+
+def test_a_trained_gap_sdn_reloads_with_its_heads_and_resumes_only_as_gap(tiny, tmp_path: Path) -> None:
+    data = tiny.prepared(tmp_path / "data")
+    recipe = tiny.recipe("sdn", epochs=1, milestones=())
+    checkpoint = tiny.train(data, tmp_path / "run", recipe=recipe, ic_head="gap")
+    model, meta = load_checkpoint(checkpoint)  # strict: the paper's heads would not load these weights
+    assert meta["ic_head"] == "gap"
+    assert all(isinstance(head.pool, nn.AdaptiveAvgPool2d) for head in model.exits)
+
+    longer, cut = tiny.recipe("sdn", epochs=2, milestones=()), tmp_path / "cut"
+    with pytest.raises(_Stop):  # a gap SDN's training cut after its first epoch: last.pt stays
+        tiny.train(data, cut, recipe=longer, ic_head="gap", on_epoch=_stop_after_first)
+    assert (cut / "last.pt").is_file()
+    with pytest.raises(ValueError, match=r"ic_head='gap', but this run has ic_head='paper'"):
+        tiny.train(data, cut, recipe=longer)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
+    raise _Stop
+
+
+def test_the_workflow_passes_the_head_to_the_recipes_with_ics(snakemake, repo: Path, tmp_path: Path) -> None:
+    import re
+
+    config = repo / "config" / "config.yaml"
+    done = snakemake(tmp_path, "-n", "--printshellcmds", "--config", "ic_head=gap", configfile=config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commands = re.findall(r"sdn train [^\n]*", done.stdout)
+    assert commands
+    for command in commands:
+        recipe = re.search(r"--recipe (\w+)", command).group(1)
+        assert ("--ic-head gap" in command) == (recipe != "cnn"), command
