@@ -75,3 +75,12 @@ def test_the_workflow_passes_the_head_to_the_recipes_with_ics(snakemake, repo: P
     for command in commands:
         recipe = re.search(r"--recipe (\w+)", command).group(1)
         assert ("--ic-head gap" in command) == (recipe != "cnn"), command
+
+
+def test_the_report_lists_a_gap_head_run_as_not_the_papers() -> None:
+    from sdn.config import paper_recipe
+    from sdn.report.paper import recipe_deviations
+
+    meta = {"recipe": paper_recipe("ic_only", "resnet56").to_dict(), "variant": "ic_only", "arch": "resnet56"}
+    assert recipe_deviations(meta) == []
+    assert recipe_deviations({**meta, "ic_head": "gap"}) == [("IC head", "gap", "paper")]

@@ -337,9 +337,10 @@ PAPER_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_
 
 def recipe_deviations(meta: dict[str, Any] | None, dataset: str | None = None) -> list[tuple[str, str, str]] | None:
     """``(key, ours, paper's)`` for each way the run's training (its meta.json) differs from the paper's recipe
-    (:func:`sdn.config.paper_recipe`), for a training subset and, where ``dataset`` is one of the paper's, for fewer
-    training images than its whole training split (the default held-out split takes 5,000 of CIFAR's 50,000); [] where
-    it followed it; None where meta.json does not say (no recipe, or an architecture without a paper recipe)."""
+    (:func:`sdn.config.paper_recipe`), for an IC head other than the paper's, for a training subset and, where
+    ``dataset`` is one of the paper's, for fewer training images than its whole training split (the default held-out
+    split takes 5,000 of CIFAR's 50,000); [] where it followed it; None where meta.json does not say (no recipe, or an
+    architecture without a paper recipe)."""
     try:
         recipe, kind, arch = meta["recipe"], meta["variant"], meta["arch"]  # type: ignore[index]
         paper = paper_recipe(kind, arch).to_dict()
@@ -349,6 +350,8 @@ def recipe_deviations(meta: dict[str, Any] | None, dataset: str | None = None) -
     for key in RECIPE_KEYS:
         if key in recipe and _plain(recipe[key]) != _plain(paper[key]):
             differs.append((key, _show(recipe[key]), _show(paper[key])))
+    if meta.get("ic_head", "paper") != "paper":  # type: ignore[union-attr]
+        differs.append(("IC head", str(meta["ic_head"]), "paper"))  # type: ignore[index]
     full = PAPER_TRAIN_SIZES.get(dataset or "")
     if meta.get("max_train_samples"):  # type: ignore[union-attr]
         differs.append(("training images", f"{meta['max_train_samples']} (subset)", "all"))  # type: ignore[index]
