@@ -2,11 +2,12 @@
 
     python docs/deploy-latency/ic_check_cost.py [--archs mobilenet,resnet56] [--heads paper,gap] [--calls 3000]
 
-For each architecture and IC head (``sdn train --ic-head``): an untrained SDN (CIFAR-10 shapes, seed 0) is exported
-with ``sdn.export_onnx.export`` and run by ``OnnxEarlyExit`` (one graph, one thread) at threshold 1.0, so that no
-image exits and every IC is passed, alternating call by call with the plain network (``runner.cnn``). The median
-extra time over the CNN, divided by the ICs, is what passing one IC costs: its head, the decision and the ``If``.
-Timing only: the weights are random, so nothing here says how accurate either head is.
+For each architecture and IC head (``sdn train --ic-head``): an untrained SDN (CIFAR-10 shapes, seed 0) whose ICs'
+linear layers are zero (every IC's softmax is uniform, so no image exits and every IC is passed: with random weights
+an untrained ResNet-56's logits are so large that its float64 softmax reaches 1.0 at the first IC) is exported with
+``sdn.export_onnx.export`` and run by ``OnnxEarlyExit`` (one graph, one thread), alternating in rounds with the
+plain network (``runner.cnn``). The median extra time over the CNN, divided by the ICs, is what passing one IC
+costs: its head, the decision and the ``If``. Timing only: nothing here says how accurate either head is.
 """
 
 from __future__ import annotations
@@ -32,23 +33,45 @@ def median_us(call, x: np.ndarray, calls: int) -> float:
     return statistics.median(times) / 1e3
 
 
-def measure(arch: str, head: str, calls: int) -> dict[str, float]:
+def runner_for(arch: str, head: str, folder: str) -> tuple[OnnxEarlyExit, int]:
+    """The exported one-graph runner of an untrained ``arch`` SDN with ``head`` ICs whose linear layers are zero."""
     torch.manual_seed(0)
     model = create(arch, num_classes=10, input_size=32, ic_head=head).eval()  # type: ignore[arg-type]
+    with torch.no_grad():
+        for ic in model.exits:
+            ic.linear.weight.zero_()
+            ic.linear.bias.zero_()
+    export(model, folder)
+    return OnnxEarlyExit(folder, threshold=0.5, threads=1, engine="one-graph"), len(model.exits)
+
+
+def measure(arch: str, heads: list[str], calls: int) -> dict[str, dict[str, float]]:
+    """Per head: the CNN's and the no-exit one graph's median us and the cost of an IC passed; all four graphs of
+    the heads timed in the same rounds, so that the machine's slow spells hit each alike."""
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    with tempfile.TemporaryDirectory() as folder:
-        export(model, folder)
-        runner = OnnxEarlyExit(folder, threshold=1.0, threads=1, engine="one-graph")
-        for _ in range(50):  # warm-up
-            runner.cnn(x)
-            runner(x)
-        cnn, early_exit = [], []
-        for _ in range(calls // 100):  # alternate in rounds, so that a slow spell hits both
-            cnn.append(median_us(runner.cnn, x, 100))
-            early_exit.append(median_us(runner, x, 100))
-    cnn_us, ee_us = statistics.median(cnn), statistics.median(early_exit)
-    ics = len(model.exits)
-    return {"cnn_us": cnn_us, "no_exit_us": ee_us, "per_ic_us": (ee_us - cnn_us) / ics, "ics": ics}
+    with tempfile.TemporaryDirectory() as root:
+        runners = {}
+        for head in heads:
+            folder = f"{root}/{head}"
+            runner, ics = runner_for(arch, head, folder)
+            exit_index = int(runner(x)[1][0])
+            if exit_index != ics:
+                raise RuntimeError(f"{arch}/{head}: the image left at exit {exit_index}; the timing needs it to pass")
+            runners[head] = (runner, ics)
+        calls_of = {(h, kind): r.cnn if kind == "cnn" else r for h, (r, _) in runners.items()
+                    for kind in ("cnn", "early_exit")}  # fmt: skip
+        for call in calls_of.values():  # warm-up
+            for _ in range(50):
+                call(x)
+        rounds: dict[tuple[str, str], list[float]] = {key: [] for key in calls_of}
+        for _ in range(calls // 100):
+            for key, call in calls_of.items():
+                rounds[key].append(median_us(call, x, 100))
+    result = {}
+    for head, (_, ics) in runners.items():
+        cnn, early_exit = statistics.median(rounds[head, "cnn"]), statistics.median(rounds[head, "early_exit"])
+        result[head] = {"cnn_us": cnn, "no_exit_us": early_exit, "per_ic_us": (early_exit - cnn) / ics}
+    return result
 
 
 def main() -> None:
@@ -60,8 +83,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print("arch       head    CNN us  one graph, no exit us  per IC passed us")
     for arch in args.archs.split(","):
-        for head in args.heads.split(","):
-            r = measure(arch, head, args.calls)
+        for head, r in measure(arch, args.heads.split(","), args.calls).items():
             row = f"{arch:10s} {head:6s} {r['cnn_us']:7.0f} {r['no_exit_us']:22.0f} {r['per_ic_us']:17.1f}"
             print(row, flush=True)
 
