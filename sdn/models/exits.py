@@ -9,14 +9,14 @@ channels-last (H, W, C) maps (Swin stages) get LayerNorm over C, the mean over H
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 AlphaMode = Literal["bounded", "original"]
 ICHead = Literal["paper", "gap"]
-IC_HEADS: tuple[str, ...] = ("paper", "gap")
+IC_HEADS: tuple[str, ...] = get_args(ICHead)
 FeatureLayout = Literal["chw", "hwc", "tokens"]
 TokenPool = Literal["cls", "mean"]
 LAYOUTS: tuple[str, ...] = ("chw", "hwc", "tokens")
@@ -76,7 +76,6 @@ class InternalClassifier(nn.Module):
         super().__init__()
         if head not in IC_HEADS:
             raise ValueError(f"unknown IC head {head!r}; allowed: {', '.join(IC_HEADS)}")
-        self.head = head
         kernel = reduction_kernel(min(height, width))
         if head == "gap":
             self.pool = nn.AdaptiveAvgPool2d(1)
