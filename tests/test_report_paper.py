@@ -85,7 +85,7 @@ def test_overthinking_backdoor_confusion_verdicts(tmp_path: Path) -> None:
     headline = paper.headline_rows(found)
     cost = {(r.dataset, r.variant): r for r in headline if r.measure == "cost reduction"}
     assert cost[("cifar10", "sdn")].verdict == "reproduced"
-    assert cost[("cifar100", "sdn")].verdict == "reproduced for 0 of 1 networks"
+    assert cost[("cifar100", "sdn")].verdict == "not reproduced (0 of 1 network)"
     largest = next(r for r in headline if r.measure == "wasteful")
     assert largest.ours.startswith("largest mean over seeds 91.0% (cifar10 resnet56")  # 90 and 92
 
@@ -174,4 +174,24 @@ def test_half_cost_threshold_is_a_second_row_and_counts_for_the_claim(tmp_path: 
     found = collect(tmp_path)
     assert paper.early_exit_rows(found)[1].verdict == "cost cut reproduced, but 1.5 points of accuracy lost"
     (claim,) = [r for r in paper.headline_rows(found) if r.measure == "cost reduction"]
-    assert claim.verdict == "reproduced for 0 of 1 networks"
+    assert claim.verdict == "not reproduced (0 of 1 network)"
+
+
+def test_headline_counts_the_networks_that_reproduce_and_cifar100_cnns_meet_their_own_literature(
+    tmp_path: Path,
+) -> None:
+    for arch, reduction in (("resnet56", 55.0), ("mobilenet", 30.0)):
+        folder = tmp_path / "cifar100" / arch / "s0" / "sdn"
+        io.write_json(folder / "meta.json", {"arch": arch})
+        io.write_json(folder / "metrics.json", {"splits": {"test": {"top1": [40, 60, 61]}}})
+        io.write_json(folder / "analysis" / "early_exit" / "summary.json", _early_exit(reduction, 60.8, 61.0))
+    cnn = tmp_path / "cifar100" / "resnet56" / "s0" / "cnn"
+    io.write_json(cnn / "meta.json", {"arch": "resnet56"})
+    io.write_json(cnn / "metrics.json", {"splits": {"test": {"top1": [61.2]}}})
+    found = collect(tmp_path)
+    (claim,) = [r for r in paper.headline_rows(found) if r.measure == "cost reduction"]
+    assert claim.verdict == "reproduced for 1 of 2 networks"
+    assert claim.ours.startswith("1 of 2 networks (cost cut")
+    (cnn_row,) = [r for r in paper.per_exit_rows(found) if r.variant == "cnn"]
+    assert cnn_row.paper.startswith("71–73 (typical in the literature")  # CIFAR-100's range, not CIFAR-10's 92-93
+    assert cnn_row.verdict == "9.8 points below the literature's range"
