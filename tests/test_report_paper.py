@@ -77,7 +77,10 @@ def test_overthinking_backdoor_confusion_verdicts(tmp_path: Path) -> None:
     over = {(r.arch, r.variant, r.measure.split(":")[0]): r for r in paper.overthinking_rows(found)}
     wasteful = over[("resnet56", "ic_only", "wasteful")]
     assert wasteful.value == pytest.approx(91.0) and wasteful.verdict == "matches the paper's upper end"
-    assert over[("resnet56", "sdn", "destructive")].verdict == "matches the paper's upper end"
+    destructive = over[("resnet56", "sdn", "destructive")]  # 40% against 'up to ~50%': more than 5 points under
+    assert destructive.verdict == "within the paper's 'up to 50%'"
+    assert paper._up_to_verdict(46.0, 50.0) == "matches the paper's upper end"
+    assert paper._up_to_verdict(55.5, 50.0) == "above the paper's 'up to 50%'"
     backdoor, every = paper.backdoor_rows(found)  # not of the target class; every triggered image (labelled)
     assert backdoor.verdict == "reproduced" and backdoor.ours.startswith("10.0% -> 80.0%")
     assert every.ours.startswith("19.0% -> 81.0%") and "all triggered" in every.measure
