@@ -52,3 +52,16 @@ def test_label_names_the_data_set_as_the_results_layout_does(tmp_path: Path) -> 
     assert label_of_outputs(run / "outputs.npz") == "cifar10 · resnet56 · SDN (SDN training) · seed 0"
     (tmp_path / "meta.json").write_text(json.dumps(meta))  # not in the layout: the loader's name stays
     assert label_of_outputs(tmp_path / "outputs.npz") == "imagefolder · resnet56 · SDN (SDN training) · seed 0"
+
+
+def test_label_names_a_backdoor_run_by_its_folder(tmp_path: Path) -> None:
+    # The backdoor experiment's IC-only training records variant "ic_only"; its folder says it is the backdoored one.
+    meta = {"dataset": "imagefolder", "arch": "vgg16bn", "variant": "ic_only", "seed": 0}
+    run = tmp_path / "cifar10" / "vgg16bn" / "s0" / "bd_ic_only"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert label_of_outputs(run / "outputs.npz") == "cifar10 · vgg16bn · backdoored SDN (IC-only) · seed 0"
+    other = tmp_path / "cifar10" / "vgg16bn" / "s0" / "xx_ic_only"  # another folder name: not the layout
+    other.mkdir()
+    (other / "meta.json").write_text(json.dumps(meta))
+    assert label_of_outputs(other / "outputs.npz") == "imagefolder · vgg16bn · SDN (IC-only) · seed 0"

@@ -238,7 +238,7 @@ def backdoor_figure(result: BackdoorResult) -> Any:
     rows = result.per_exit_rows()
     x = np.arange(len(rows))
     names = [row["name"] for row in rows]
-    fig, (left, right) = new_figure(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = new_figure(1, 2, figsize=(10, 3.8), layout="constrained")  # room for a label above
     left.plot(x, result.sdn_clean_accuracy, marker="o", label="SDN exit, clean")
     left.plot(x, result.sdn_triggered_accuracy, marker="s", label="SDN exit, triggered")
     left.axhline(
@@ -271,5 +271,4 @@ def backdoor_figure(result: BackdoorResult) -> Any:
         axis.set_ylim(-4, 104)  # a line at 0% or 100% stays visible above the axis
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="best")
-    fig.tight_layout()
     return fig

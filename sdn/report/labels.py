@@ -31,19 +31,25 @@ def label_of_outputs(outputs: str | os.PathLike[str]) -> str | None:
     run = Path(outputs).parent
     try:
         meta = json.loads((run / META).read_text())
-        return run_label(_dataset_name(run, meta), str(meta["arch"]), meta.get("variant"), meta.get("seed"))
+        dataset, variant = _names_in_layout(run, meta)
+        return run_label(dataset, str(meta["arch"]), variant, meta.get("seed"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _dataset_name(run: Path, meta: dict) -> str:
-    """The data set's name as the workflow's layout ``<dataset>/<arch>/s<seed>/<variant>/`` gives it, where ``run``
-    sits in that layout: the name in ``meta.json`` is the loader's (``imagefolder`` for a JPEG copy of CIFAR-10)."""
+def _names_in_layout(run: Path, meta: dict) -> tuple[str, str | None]:
+    """The data set's and the variant's names as the workflow's layout ``<dataset>/<arch>/s<seed>/<variant>/`` gives
+    them, where ``run`` sits in that layout; otherwise those in ``meta.json``. The layout's are the user's: the data
+    set in ``meta.json`` is the loader's (``imagefolder`` for a JPEG copy of CIFAR-10) and the variant the training's
+    (``ic_only`` for the backdoor experiment's ``bd_ic_only``)."""
     seed_dir = run.parent
+    variant = meta.get("variant")
     in_layout = (
-        run.name == meta.get("variant")
+        run.name in (variant, f"bd_{variant}")  # the backdoor runs: bd_cnn, bd_ic_only
         and seed_dir.name == f"s{meta.get('seed')}"
         and seed_dir.parent.name == meta.get("arch")
         and seed_dir.parent.parent.name not in ("", ".")
     )
-    return seed_dir.parent.parent.name if in_layout else str(meta["dataset"])
+    if in_layout:
+        return seed_dir.parent.parent.name, run.name
+    return str(meta["dataset"]), variant
