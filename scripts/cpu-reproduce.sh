@@ -8,7 +8,8 @@
 # A wrapper of scripts/gpu-reproduce.sh with the CPU's settings (DEVICE=cpu, JOBS=1; TRAIN_ARGS, unless given,
 # --compile on a CPU with AVX-512 and nothing on one without: measured on this project's machines, compiling made a
 # ResNet-56 epoch about 15% faster on a Zen 4 and none on a Zen 3, whose cold compilation costs each call about 4
-# minutes; every other setting of that script passes through: BUDGET_S, VARIANTS, EPOCHS_*, SMALL, ARCHIVE, ...):
+# minutes, and a MobileNet epoch 15% slower on a Zen 5: give TRAIN_ARGS= there, docs/cpu-bf16.md; every other
+# setting of that script passes through: BUDGET_S, VARIANTS, EPOCHS_*, SMALL, ARCHIVE, ...):
 #   1. a WORK (default .reproduce/cpu-<dataset>, git-ignored) that holds no grid state yet starts from CARRY's
 #      resume.tar.NN (default runs-in-progress/<dataset>-cpu/, committed), when there is one (a WORK that holds
 #      one, from an earlier call on this machine, continues from itself);

@@ -84,3 +84,41 @@ def test_the_report_lists_a_gap_head_run_as_not_the_papers() -> None:
     meta = {"recipe": paper_recipe("ic_only", "resnet56").to_dict(), "variant": "ic_only", "arch": "resnet56"}
     assert recipe_deviations(meta) == []
     assert recipe_deviations({**meta, "ic_head": "gap"}) == [("IC head", "gap", "paper")]
+
+
+@pytest.mark.slow
+def test_the_head_comparison_script_trains_evaluates_and_summarises_a_head(repo: Path, tmp_path: Path) -> None:
+    """docs/deploy-latency/ic_head_accuracy.py at toy size: one gap head on a one-epoch MobileNet CNN; a second call
+    reuses the head's outputs instead of training it again."""
+    import json
+    import subprocess
+    import sys
+
+    def sdn(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "sdn", *args], check=True, capture_output=True)
+
+    data, cnn = tmp_path / "data", tmp_path / "cnn"
+    sdn("prepare-data", "--dataset", "synthetic", "--out", str(data), "--num-classes", "3", "--train-size", "96",
+        "--test-size", "48", "--holdout", "24", "--input-size", "32")  # fmt: skip
+    sdn("train", "--recipe", "cnn", "--arch", "mobilenet", "--data", str(data), "--out", str(cnn), "--epochs", "1",
+        "--batch-size", "32", "--device", "cpu")  # fmt: skip
+    script = repo / "docs" / "deploy-latency" / "ic_head_accuracy.py"
+    out = tmp_path / "heads.json"
+    cnn_model = str(cnn / "model.pt")
+    base = [sys.executable, str(script), "--arch", "mobilenet", "--data", str(data), "--out", str(out)]
+    command = [*base, "--cnn", cnn_model, "--work", str(tmp_path / "work"), "--heads", "gap",
+               "--train-args=--epochs 1 --batch-size 32"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    gap = report["heads"]["gap"]
+    assert set(report["heads"]) == {"gap"} and gap["ic_head"] == "gap"
+    assert len(gap["test_top1_per_exit"]) == len(gap["exit_cost_fraction"]) == len(gap["params_to_exit"]) == 7
+    assert gap["exit_cost_fraction"] == sorted(gap["exit_cost_fraction"])
+    model = tmp_path / "work" / "gap" / "model.pt"
+    trained_at = model.stat().st_mtime_ns
+    second = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert model.stat().st_mtime_ns == trained_at and "sdn train" not in second.stdout
+    assert json.loads(out.read_text())["heads"]["gap"]["test_top1_per_exit"] == gap["test_top1_per_exit"]
+    missing = [*base, "--cnn", str(tmp_path / "no.pt"), "--work", str(tmp_path / "w")]
+    refused = subprocess.run(missing, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--cnn" in refused.stderr and "does not exist" in refused.stderr
