@@ -201,6 +201,20 @@ def test_the_summary_says_how_many_epochs_each_job_finished_on_any_machine(tmp_p
     assert fresh.summary()["jobs"]["resnet56/s0/cnn"]["epochs_done"] == 7
 
 
+def test_a_training_resumed_after_its_last_epoch_counts_every_epoch_as_finished(tmp_path: Path) -> None:
+    # A call stopped after the last epoch's last.pt but before model.pt: the next call, on another machine (no
+    # progress.json), trains no epoch and writes model.pt; its segment is [100, 100], not [100, 0].
+    runner = Runner(_settings(tmp_path))
+    cnn = Job("resnet56", 0, "cnn")
+    run = runner.work / cnn.run_dir
+    run.mkdir(parents=True)
+    assert runner.epochs_finished(cnn) == 0
+    (run / "model.pt").write_text("x")
+    assert runner.epochs_finished(cnn) == 100
+    write_progress(run, 7, 100, [300.0] * 7)  # where progress.json is there, it says
+    assert runner.epochs_finished(cnn) == 7
+
+
 # A training that diverges (exit status 3, as `sdn train` on TrainingDiverged) unless its options clip gradients
 # (argv[3]: "always" diverges whatever the options); everything else finishes at once.
 FAKE_DIVERGING = """

@@ -461,11 +461,14 @@ class Runner:
         log.info("start %-8s %s", phase, job.key)
 
     def epochs_finished(self, job: Job) -> int:
-        """The epochs ``job``'s run has finished: its progress.json, or where a resume pack did not carry one, what
-        the grid state kept of it (the call that packed it recorded its epochs), else 0."""
+        """The epochs ``job``'s run has finished: its progress.json, or where a resume pack did not carry one, all of
+        them once its model.pt is written (a call that resumed after the last epoch trains none and writes no
+        progress), else what the grid state kept of it (the call that packed it recorded its epochs), else 0."""
         progress = read_progress(self.work / job.run_dir)
         if progress is not None:
             return int(progress["epoch"])
+        if (self.work / job.run_dir / "model.pt").is_file():
+            return int(self.s.epochs[job.recipe])
         resumable = (self.work / job.run_dir / "last.pt").is_file()
         return int(self.state.job(job).get("epochs_done", 0)) if resumable else 0
 
