@@ -56,10 +56,11 @@ def train_and_evaluate(head: str, args: argparse.Namespace) -> Path:
 def summarise(run: Path) -> dict[str, Any]:
     """Per-exit top-1, exit costs and parameters, and the confidence early exit of one IC-only run's folder."""
     from sdn.analysis.early_exit import analyze
+    from sdn.checkpoint import read_meta
     from sdn.outputs import load, load_split, topk_accuracy
 
     arrays = load(run / "outputs.npz")
-    meta = json.loads((run / "meta.json").read_text())
+    meta = read_meta(run)
     top1 = {split: [round(a, 2) for a in topk_accuracy(*load_split(arrays, split))] for split in ("test", "holdout")}
     result = analyze(arrays, policies=["confidence"])
     rules = result["summary"]["policies"]["confidence"]
