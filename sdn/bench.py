@@ -567,10 +567,14 @@ def early_exit_timing(
             result[f"deploy_{key}_mismatches"] = max(result[f"deploy_{key}_mismatches"], count)
     onnx_runners = _onnx_runners(model, threshold, result) if onnx and device.type == "cpu" else {}
     for engine, onnx_runner in onnx_runners.items():
-        onnx_pred, onnx_exit = onnx_runner(test_images.cpu().numpy())
-        key = "onnx" if engine == "onnxruntime" else "onnx_graph"
+        # in chunks: ONNX Runtime's arena keeps a pass's peak memory, a few GB for 10,000 images in one call
+        onnx_images = test_images.cpu().numpy()
+        answers = [onnx_runner(onnx_images[i : i + ONNX_CHUNK]) for i in range(0, len(onnx_images), ONNX_CHUNK)]
+        onnx_pred, onnx_exit = (np.concatenate(parts) for parts in zip(*answers, strict=True))
+        key = ONNX_MISMATCH_KEYS[engine]
         result[f"{key}_prediction_mismatches"] = int((onnx_pred != offline.predictions).sum())
         result[f"{key}_exit_mismatches"] = int((onnx_exit != offline.exit_index).sum())
+        result[f"{key}_test_accuracy"] = float((onnx_pred == test_labels).mean() * 100)
     for batch in batch_sizes:
         n = min(len(test_labels), 256 if batch == 1 else 4096)
         predicted = bench_latency.predicted_saving(costs, offline.exit_index[:n])
@@ -609,27 +613,38 @@ def early_exit_timing(
     return result
 
 
+ONNX_CHUNK = 500  # images per ONNX Runtime call when the whole test split is decided
+# the result's key prefix of each ONNX engine's mismatch counts against the offline simulation
+ONNX_MISMATCH_KEYS = {"onnxruntime": "onnx", "onnxruntime-graph": "onnx_graph", "onnxruntime-graph-int8": "onnx_int8"}
+
+
 def _onnx_runners(model: MultiExitNet, threshold: float, result: dict[str, Any]) -> dict[str, Any]:
-    """ONNX Runtime early-exit runners of ``model`` (exported to a temporary folder) by engine name:
-    ``onnxruntime`` (the segment graphs in a Python loop) and ``onnxruntime-graph`` (the one graph that stops at
-    the exit); none, with the reason in ``result["onnx"]``, where onnx/onnxruntime are not installed."""
+    """ONNX Runtime early-exit runners of ``model`` (exported to temporary folders) by engine name:
+    ``onnxruntime`` (the segment graphs in a Python loop), ``onnxruntime-graph`` (the one graph that stops at the
+    exit) and ``onnxruntime-graph-int8`` (the same with the ICs' linear layers in int8, ``sdn export --ic-weights
+    int8``: an approximation, its mismatches counted); none, with the reason in ``result["onnx"]``, where
+    onnx/onnxruntime are not installed."""
     import tempfile
 
     try:
         from sdn import export_onnx
 
-        with tempfile.TemporaryDirectory(prefix="sdn-onnx-") as folder:  # the sessions hold the graphs in memory
-            export_onnx.export(model.cpu(), folder)
-            runners = {
-                name: export_onnx.OnnxEarlyExit(folder, threshold=threshold, engine=engine)
-                for name, engine in (("onnxruntime", "segments"), ("onnxruntime-graph", "one-graph"))
-            }
+        runners = {}
+        with tempfile.TemporaryDirectory(prefix="sdn-onnx-") as root:  # the sessions hold the graphs in memory
+            for ic_weights, engines in (
+                ("float32", (("onnxruntime", "segments"), ("onnxruntime-graph", "one-graph"))),
+                ("int8", (("onnxruntime-graph-int8", "one-graph"),)),
+            ):
+                folder = f"{root}/{ic_weights}"
+                export_onnx.export(model.cpu(), folder, ic_weights=ic_weights)
+                for name, engine in engines:
+                    runners[name] = export_onnx.OnnxEarlyExit(folder, threshold=threshold, engine=engine)
     except ImportError as err:
         result["onnx"] = f"not timed: {err} (pip install 'sdn[onnx]')"
         return {}
     result["onnx"] = (
-        f"onnxruntime: segment graphs; onnxruntime-graph: one graph with If nodes; opset {export_onnx.OPSET}, "
-        f"ONNX Runtime {runners['onnxruntime'].version}"
+        "onnxruntime: segment graphs; onnxruntime-graph: one graph with If nodes; onnxruntime-graph-int8: the one "
+        f"graph with int8 IC weights; opset {export_onnx.OPSET}, ONNX Runtime {runners['onnxruntime'].version}"
     )
     return runners
 

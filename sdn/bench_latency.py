@@ -112,16 +112,16 @@ def predicted_saving(exit_cost_fraction: np.ndarray, exit_index: np.ndarray) -> 
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a fixed-width text table."""
     lines = [
-        f"{'engine':17s} {'device':6s} {'batch':>5s} {'images':>6s} {'CNN ms':>9s} {'exit ms':>9s} "
+        f"{'engine':22s} {'device':6s} {'batch':>5s} {'images':>6s} {'CNN ms':>9s} {'exit ms':>9s} "
         f"{'predicted':>9s} {'measured':>9s} {'ratio':>6s} {'img/s x':>7s}"
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['engine']:17s} batch {r['batch_size']}: {r['error']}")
+            lines.append(f"{r['engine']:22s} batch {r['batch_size']}: {r['error']}")
             continue
         ratio = "-" if r["saving_ratio"] is None else f"{r['saving_ratio']:.2f}"
         lines.append(
-            f"{r['engine']:17s} {r['device']:6s} {r['batch_size']:5d} {r['num_images']:6d} {r['cnn_pass_ms']:9.1f} "
+            f"{r['engine']:22s} {r['device']:6s} {r['batch_size']:5d} {r['num_images']:6d} {r['cnn_pass_ms']:9.1f} "
             f"{r['early_exit_pass_ms']:9.1f} {r['predicted_saving']:9.1%} {r['measured_saving']:9.1%} "
             f"{ratio:>6s} {r['throughput_gain']:7.2f}"
         )

@@ -10,6 +10,10 @@ The one owner of the exported folder::
     DIR/early_exit_<policy>.onnx   (format 2) the segments nested in ``If`` nodes, one graph that stops each image
                            at its exit (:mod:`sdn.onnx_exit_graph`): "x", "threshold" -> "answer"
 
+The manifest's ``ic_weights`` says how the ICs' linear layers are stored: ``float32`` (the default; logits equal
+PyTorch's) or ``int8`` (``ic_weights="int8"``, :mod:`sdn.onnx_int8`: faster at batch 1 where the ICs' weights are
+large, an approximation; the backbone, the final head and the CNN graph stay float32).
+
 Every graph has a dynamic batch axis. Why not one graph with every exit as an output: it computes every block and
 every IC for every image, i.e. the full SDN's cost (more than the CNN's) whatever the images. Segments let a runner
 stop each image at its exit and drop the images that exited from the batch before the next segment; the
@@ -24,6 +28,7 @@ see docs/deploy-latency.md) or ``"segments"`` (a Python loop over the segment gr
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -37,6 +42,7 @@ from torch import nn
 from sdn import io
 from sdn.analysis.arrays import softmax
 from sdn.analysis.early_exit import PER_EXIT_POLICIES, check_threshold, normalised_entropy
+from sdn.models.exits import inference_pool
 from sdn.models.multiexit import MultiExitNet
 
 FORMAT = "sdn-onnx-segments"
@@ -45,6 +51,8 @@ READABLE_VERSIONS = (1, 2)  # format 1: no one-graph early exit (its runner uses
 MANIFEST = "manifest.json"
 OPSET = 18
 POLICIES = PER_EXIT_POLICIES  # those the runner and the one graph decide with
+IC_WEIGHTS = ("float32", "int8")
+IC_WEIGHT_NAME = "exit.linear.weight"  # the IC's linear layer in a segment graph (_Segment.exit)
 ENGINES = ("one-graph", "segments")
 
 
@@ -55,7 +63,7 @@ class _Segment(nn.Module):
         super().__init__()
         self.stem = model.stem if stem else nn.Identity()
         self.blocks = nn.Sequential(*list(model.blocks)[start : stop + 1])
-        self.exit = model.head if ic is None else model.exits[ic]
+        self.exit = model.head if ic is None else _inference_head(model.exits[ic])
         self.final = ic is None
 
     def forward(self, x: torch.Tensor) -> Any:
@@ -63,6 +71,17 @@ class _Segment(nn.Module):
         if self.final:
             return self.exit(h)
         return h, self.exit(h)
+
+
+def _inference_head(head: nn.Module) -> nn.Module:
+    """The IC as exported: a copy whose mixed pooling of kernel 1 is skipped (``inference_pool``; the model itself
+    is left as it is)."""
+    pool = getattr(head, "pool", None)
+    if pool is None or inference_pool(pool) is pool:
+        return head
+    exported = copy.deepcopy(head)
+    exported.pool = inference_pool(exported.pool)
+    return exported
 
 
 def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> None:
@@ -84,10 +103,19 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, outputs:
 
 
 @torch.no_grad()
-def export(model: MultiExitNet, out_dir: str | os.PathLike[str], *, meta: dict[str, Any] | None = None) -> Path:
+def export(
+    model: MultiExitNet,
+    out_dir: str | os.PathLike[str],
+    *,
+    meta: dict[str, Any] | None = None,
+    ic_weights: str = "float32",
+) -> Path:
     """Write ``model`` (on the CPU, eval mode) as segment graphs, the final graph, the CNN graph and the manifest
     into ``out_dir``; return the manifest's path. The manifest is written last: a folder without it is incomplete.
+    ``ic_weights="int8"`` stores the ICs' linear layers as int8 (:mod:`sdn.onnx_int8`).
     """
+    if ic_weights not in IC_WEIGHTS:
+        raise ValueError(f"ic_weights must be one of {', '.join(IC_WEIGHTS)}, got {ic_weights!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
@@ -103,6 +131,8 @@ def export(model: MultiExitNet, out_dir: str | os.PathLike[str], *, meta: dict[s
             segment = _Segment(model, start, position, k, stem=start == 0).eval()
             name = f"segment_{k}.onnx"
             _export_graph(segment, features, out / name, ["features", "logits"])
+            if ic_weights == "int8":
+                _quantize_ic(out / name)
             segments.append({"file": name, "blocks": [start, position], "exit": k})
             features, _ = segment(features)
             start = position + 1
@@ -127,10 +157,23 @@ def export(model: MultiExitNet, out_dir: str | os.PathLike[str], *, meta: dict[s
         "final": {"file": "final.onnx", "blocks": [start, len(model.blocks) - 1]},
         "cnn": {"file": "cnn.onnx"},
         "one_graph": one_graph,
+        "ic_weights": ic_weights,
         "dataset": (meta or {}).get("dataset"),
     }
     io.write_json(out / MANIFEST, manifest)
     return out / MANIFEST
+
+
+def _quantize_ic(path: Path) -> None:
+    """Rewrite the segment graph at ``path`` with its IC's linear layer in int8 (written under a temp name)."""
+    import onnx
+
+    from sdn import onnx_int8
+
+    graph = onnx_int8.quantize_linear_node(onnx.load(str(path)), IC_WEIGHT_NAME)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(graph, str(tmp))
+    os.replace(tmp, path)
 
 
 def _write_one_graphs(out: Path, segments: list[dict[str, Any]], num_classes: int, input_shape: list[int]) -> dict:
@@ -362,9 +405,11 @@ class OnnxEarlyExit:
         return np.stack([*outputs, logits])
 
 
-def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ic_weights: str = "float32"
+) -> Path:
     """Load a trained ``model.pt`` and export it (see :func:`export`)."""
     from sdn.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, "cpu")
-    return export(model, out_dir, meta=meta)
+    return export(model, out_dir, meta=meta, ic_weights=ic_weights)

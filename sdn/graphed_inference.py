@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from sdn.models.exits import InternalClassifier, MixedPool
+from sdn.models.exits import InternalClassifier, MixedPool, inference_pool
 from sdn.models.multiexit import MultiExitNet
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,17 @@ class _Replayable:
 
 
 def fused_exit_logits(head: InternalClassifier, alpha: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
-    """``head(h)`` in eval mode with fewer kernels: ``alpha*max + (1-alpha)*avg`` as one lerp (``alpha`` given).
+    """``head(h)`` in eval mode with fewer kernels: ``alpha*max + (1-alpha)*avg`` as one lerp (``alpha`` given;
+    skipped where the pool's kernel is 1, ``inference_pool``).
     Other heads (token or channels-last ICs) are simply called."""
     if not isinstance(head, InternalClassifier):
         return head(h)
-    if isinstance(head.pool, MixedPool):
+    pool = inference_pool(head.pool)
+    if isinstance(pool, MixedPool):
         assert alpha is not None
-        h = torch.lerp(head.pool.avg_pool(h), head.pool.max_pool(h), alpha)
-    else:  # nn.Identity (a map smaller than 4x4) or the global average pool of head="gap"
-        h = head.pool(h)
+        h = torch.lerp(pool.avg_pool(h), pool.max_pool(h), alpha)
+    else:  # nn.Identity (a map of at most 4x4) or the global average pool of head="gap"
+        h = pool(h)
     return F.linear(torch.flatten(h, 1), head.linear.weight, head.linear.bias)
 
 

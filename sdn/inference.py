@@ -25,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from sdn.analysis.early_exit import check_fallback, check_threshold
-from sdn.models.exits import MixedPool
+from sdn.models.exits import MixedPool, inference_pool
 from sdn.models.multiexit import MultiExitNet
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -217,8 +217,9 @@ def deploy_copy(model: MultiExitNet, *, channels_last: bool = False) -> MultiExi
     """An inference-only copy of ``model`` (eval mode) that computes the same function with fewer memory passes:
     every BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` is folded into the conv's weights,
     a ReLU right after such a conv runs in place, each exit's mixed pooling is one ``lerp`` with its trained
-    weight as a constant, and (``channels_last``) weights are stored NHWC, which the CPU's
-    oneDNN convolutions read without reordering (feed it NHWC inputs too).
+    weight as a constant (skipped where its kernel is 1: :func:`sdn.models.exits.inference_pool`), and
+    (``channels_last``) weights are stored NHWC, which the CPU's oneDNN convolutions read without reordering (feed
+    it NHWC inputs too).
 
     Eager PyTorch pays for every elementwise pass over a feature map, and a network's first blocks, with the
     largest maps, spend far more of the wall time than of the operations the cost model counts; folding shrinks
@@ -228,7 +229,9 @@ def deploy_copy(model: MultiExitNet, *, channels_last: bool = False) -> MultiExi
     copy_ = copy.deepcopy(model).eval()
     _fold(copy_)
     for head in copy_.exits:
-        if isinstance(head.pool, MixedPool):
+        if isinstance(getattr(head, "pool", None), MixedPool):
+            head.pool = inference_pool(head.pool)
+        if isinstance(getattr(head, "pool", None), MixedPool):
             head.pool = _FixedMix(head.pool)
     if channels_last:
         copy_.to(memory_format=torch.channels_last)

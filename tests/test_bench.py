@@ -198,11 +198,18 @@ def test_bench_reports_when_no_threshold_meets_the_tolerance(
     assert early["final_exit_cost_fraction"] >= 1.0  # the CNN plus every IC on the way
     assert set(early["batches"]) == {"1", "64"}  # the CPU default; a GPU times 1 and 256
     engines = {(r["engine"], r["batch_size"]) for r in early["latency"]}
-    onnx = {"onnxruntime", "onnxruntime-graph"} if importlib.util.find_spec("onnxruntime") else set()
+    onnx = (
+        {"onnxruntime", "onnxruntime-graph", "onnxruntime-graph-int8"}
+        if importlib.util.find_spec("onnxruntime")
+        else set()
+    )
     expected = {"pytorch", "pytorch-deploy"} | onnx
     assert engines == {(engine, batch) for engine in expected for batch in (1, 64)}
-    keys = ["deploy_exit_mismatches"] + (["onnx_exit_mismatches", "onnx_graph_exit_mismatches"] if onnx else [])
+    onnx_keys = ["onnx_exit_mismatches", "onnx_graph_exit_mismatches", "onnx_int8_exit_mismatches"]
+    keys = ["deploy_exit_mismatches"] + (onnx_keys if onnx else [])
     assert all(isinstance(early[key], int) for key in keys)  # the logits here are faked: no equality to check
+    for key in ("onnx", "onnx_graph", "onnx_int8") if onnx else ():
+        assert 0.0 <= early[f"{key}_test_accuracy"] <= 100.0
     for row in early["latency"]:
         assert row["measured_saving"] == pytest.approx(1 - row["early_exit_pass_ms"] / row["cnn_pass_ms"])
         assert row["saving_ratio"] is None or row["saving_ratio"] == pytest.approx(

@@ -181,6 +181,23 @@ def test_manifest_lists_every_segment(exported) -> None:
     assert manifest["input_shape"] == list(exported["images"].shape[1:])
 
 
+def test_an_ic_reading_a_4x4_map_is_exported_without_its_unit_pools(exported) -> None:
+    """The tiny SDN's ICs 2 and 3 read 4x4 maps (the paper's pooling kernel 1: the identity); their segments carry
+    no pool, IC 1's (an 8x8 map, kernel 2) both of the mixed pooling; the model's own modules are untouched."""
+    import onnx
+
+    from sdn.models import MixedPool
+
+    manifest = read_manifest(exported["out"])
+    pools = []
+    for segment in manifest["segments"]:
+        graph = onnx.load(str(exported["out"] / segment["file"])).graph
+        pools.append(sorted(n.op_type for n in graph.node if n.op_type in ("MaxPool", "AveragePool")))
+    assert pools == [["AveragePool", "MaxPool"], [], []]
+    kernels = [ic.pool.max_pool.kernel_size for ic in exported["model"].exits if isinstance(ic.pool, MixedPool)]
+    assert kernels == [2, 1, 1]
+
+
 def test_bad_input_is_named(
     exported, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -164,5 +164,27 @@ def test_deploy_copy_computes_the_same_logits(tiny_model, arch: str, channels_la
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.blocks.modules()) or arch == "tiny"
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
     assert not any(isinstance(m, MixedPool) for m in fast.modules())
+    for original, deployed in zip(model.exits, fast.exits, strict=True):  # a 4x4 map's pool (kernel 1) is skipped
+        unit = isinstance(original.pool, MixedPool) and original.pool.is_identity
+        assert isinstance(deployed.pool, nn.Identity) == (unit or isinstance(original.pool, nn.Identity))
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_pool_skips_only_a_mixed_pool_of_kernel_1() -> None:
+    from torch import nn
+
+    from sdn.models.exits import MixedPool, inference_pool
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 4, 4)
+    unit, halving = MixedPool(1), MixedPool(2)
+    with torch.no_grad():
+        unit.alpha_param.fill_(0.7)
+    assert unit.is_identity and not halving.is_identity
+    assert isinstance(inference_pool(unit), nn.Identity)
+    assert inference_pool(halving) is halving
+    gap = nn.AdaptiveAvgPool2d(1)
+    assert inference_pool(gap) is gap
+    with torch.no_grad():
+        torch.testing.assert_close(inference_pool(unit)(x), unit(x), rtol=1e-6, atol=1e-6)

@@ -207,10 +207,13 @@ def _table(document: dict) -> str:
 
 
 def _onnx_mismatches(ee: dict[str, Any]) -> str:
-    """The ONNX engines' prediction/exit mismatches: "; ONNX segments: a/b, ONNX one graph: c/d" or ""."""
-    parts = [
-        f"{name}: {ee[f'{key}_prediction_mismatches']}/{ee[f'{key}_exit_mismatches']}"
-        for key, name in (("onnx", "ONNX segments"), ("onnx_graph", "ONNX one graph"))
-        if f"{key}_exit_mismatches" in ee
-    ]
+    """The ONNX engines' prediction/exit mismatches: "; ONNX segments: a/b, ONNX one graph: c/d, ..." or ""."""
+    names = (("onnx", "ONNX segments"), ("onnx_graph", "ONNX one graph"), ("onnx_int8", "ONNX one graph, int8 ICs"))
+    parts = []
+    for key, name in names:
+        if f"{key}_exit_mismatches" in ee:
+            part = f"{name}: {ee[f'{key}_prediction_mismatches']}/{ee[f'{key}_exit_mismatches']}"
+            if key == "onnx_int8" and f"{key}_test_accuracy" in ee:  # an approximation: its accuracy too
+                part += f" (test top-1 {ee[f'{key}_test_accuracy']:.2f}%, float {ee['test_accuracy']:.2f}%)"
+            parts.append(part)
     return "; " + ", ".join(parts) if parts else ""

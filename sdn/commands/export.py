@@ -19,6 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=("onnx",), help="export format")
     parser.add_argument("--checkpoint", required=True, help="trained model.pt (sdn train)")
     parser.add_argument("--out", required=True, help="output folder (created; its graphs are replaced)")
+    parser.add_argument(
+        "--ic-weights",
+        choices=("float32", "int8"),
+        default="float32",
+        help="how the ICs' linear layers are stored: float32 (default; logits equal PyTorch's) or int8 (one scale "
+        "per class, inputs quantized per image: faster at batch 1 where the ICs' weights are large, such as 100 "
+        "classes; an approximation whose exits may differ from the float model's for a few images; the backbone "
+        "and the final head stay float32)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
             raise ImportError(f"sdn export --format onnx needs the package {package}: pip install 'sdn[onnx]'")
     from sdn import export_onnx
 
-    manifest = export_onnx.export_checkpoint(checkpoint, args.out)
-    print(f"exported {checkpoint} to {manifest.parent} ({manifest.name} lists the graphs)")
+    manifest = export_onnx.export_checkpoint(checkpoint, args.out, ic_weights=args.ic_weights)
+    listed = f"{manifest.name} lists the graphs; IC weights {args.ic_weights}"
+    print(f"exported {checkpoint} to {manifest.parent} ({listed})")
     return 0

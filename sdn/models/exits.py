@@ -58,6 +58,22 @@ class MixedPool(nn.Module):
         a = self.alpha
         return a * self.max_pool(x) + (1 - a) * self.avg_pool(x)
 
+    @property
+    def is_identity(self) -> bool:
+        """Kernel 1 (a 4x4 map, as the paper's rule gives): ``a*x + (1-a)*x``, the identity up to float rounding.
+        Training keeps the paper's computation (and its op count); inference may skip it (:func:`inference_pool`)."""
+        return self.max_pool.kernel_size in (1, (1, 1))
+
+
+def inference_pool(pool: nn.Module) -> nn.Module:
+    """``pool`` as inference runs it: a :class:`MixedPool` of kernel 1 becomes ``nn.Identity`` (its max and average
+    pools of a 1x1 window and the mix return the map itself), which spares an exported or deployed IC two pools,
+    their layout conversions and the mix (MobileNet's ICs 3-5 and VGG-16-BN's 4-5 read 4x4 maps). Logits agree with
+    the training module's to float rounding. Any other pool is returned as is."""
+    if isinstance(pool, MixedPool) and pool.is_identity:
+        return nn.Identity()
+    return pool
+
 
 class InternalClassifier(nn.Module):
     """Feature reduction followed by a single linear layer. ``head="paper"``: mixed pooling to about 4x4 when the
