@@ -1,8 +1,10 @@
 """What checking one exit costs in the one-graph ONNX early exit at batch 1, for each IC head.
 
-    python docs/deploy-latency/ic_check_cost.py [--archs mobilenet,resnet56] [--heads paper,gap] [--calls 3000]
+    python docs/deploy-latency/ic_check_cost.py [--archs mobilenet,resnet56] [--heads paper,gap] [--calls 3000] \
+        [--classes 10,100] [--ic-weights float32,int8]
 
-For each architecture and IC head (``sdn train --ic-head``): an untrained SDN (CIFAR-10 shapes, seed 0) whose ICs'
+For each architecture, IC head (``sdn train --ic-head``), number of classes and storage of the ICs' weights
+(``sdn export --ic-weights``): an untrained SDN (32x32 inputs, seed 0) whose ICs'
 linear layers are zero (every IC's softmax is uniform, so no image exits and every IC is passed: with random weights
 an untrained ResNet-56's logits are so large that its float64 softmax reaches 1.0 at the first IC) is exported with
 ``sdn.export_onnx.export`` and run by ``OnnxEarlyExit`` (one graph, one thread), alternating in rounds with the
@@ -33,21 +35,24 @@ def median_us(call, x: np.ndarray, calls: int) -> float:
     return statistics.median(times) / 1e3
 
 
-def runner_for(arch: str, head: str, folder: str) -> tuple[OnnxEarlyExit, int]:
-    """The exported one-graph runner of an untrained ``arch`` SDN with ``head`` ICs whose linear layers are zero."""
+def runner_for(arch: str, variant: str, folder: str) -> tuple[OnnxEarlyExit, int]:
+    """The exported one-graph runner of an untrained ``arch`` SDN of ``variant`` ("HEAD/CLASSES/IC_WEIGHTS") whose
+    ICs' linear layers are zero."""
+    head, classes, ic_weights = variant.split("/")
     torch.manual_seed(0)
-    model = create(arch, num_classes=10, input_size=32, ic_head=head).eval()  # type: ignore[arg-type]
+    model = create(arch, num_classes=int(classes), input_size=32, ic_head=head).eval()  # type: ignore[arg-type]
     with torch.no_grad():
         for ic in model.exits:
             ic.linear.weight.zero_()
             ic.linear.bias.zero_()
-    export(model, folder)
+    export(model, folder, ic_weights=ic_weights)
     return OnnxEarlyExit(folder, threshold=0.5, threads=1, engine="one-graph"), len(model.exits)
 
 
 def measure(arch: str, heads: list[str], calls: int) -> dict[str, dict[str, float]]:
-    """Per head: the CNN's and the no-exit one graph's median us and the cost of an IC passed; all four graphs of
-    the heads timed in the same rounds, so that the machine's slow spells hit each alike."""
+    """Per variant ("HEAD/CLASSES/IC_WEIGHTS", ``heads``): the CNN's and the no-exit one graph's median us and the
+    cost of an IC passed; every variant's two graphs timed in the same rounds, so that the machine's slow spells
+    hit each alike."""
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     with tempfile.TemporaryDirectory() as root:
         runners = {}
@@ -79,12 +84,20 @@ def main() -> None:
     parser.add_argument("--archs", default="mobilenet,resnet56")
     parser.add_argument("--heads", default="paper,gap")
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--classes", default="10", help="comma-separated numbers of classes")
+    parser.add_argument("--ic-weights", default="float32", help="comma-separated: float32, int8")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("arch       head    CNN us  one graph, no exit us  per IC passed us")
+    variants = [
+        f"{head}/{classes}/{weights}"
+        for head in args.heads.split(",")
+        for classes in args.classes.split(",")
+        for weights in args.ic_weights.split(",")
+    ]
+    print("arch       head/classes/IC weights  CNN us  one graph, no exit us  per IC passed us")
     for arch in args.archs.split(","):
-        for head, r in measure(arch, args.heads.split(","), args.calls).items():
-            row = f"{arch:10s} {head:6s} {r['cnn_us']:7.0f} {r['no_exit_us']:22.0f} {r['per_ic_us']:17.1f}"
+        for variant, r in measure(arch, variants, args.calls).items():
+            row = f"{arch:10s} {variant:23s} {r['cnn_us']:7.0f} {r['no_exit_us']:22.0f} {r['per_ic_us']:17.1f}"
             print(row, flush=True)
 
 
