@@ -72,10 +72,13 @@ def test_int8_linear_computes_its_definition_per_row(tmp_path: Path) -> None:
     x_q = np.clip(np.rint(x / x_scale[:, None]) + x_zero[:, None], 0, 255).astype(np.int32)
     centred = x_q @ w_q.T.astype(np.int32) - x_zero.astype(np.int32)[:, None] * w_q.astype(np.int32).sum(axis=1)
     expected = centred.astype(np.float32) * x_scale[:, None] * w_scale + bias
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # another CPU's kernels may round x / s_x to the other side of a half step for an element: up to two steps apart
+    steps = 2 * INT8_MAX * x_scale[:, None] * w_scale + 1e-6
+    assert (np.abs(got - expected) <= steps).all()
     np.testing.assert_allclose(got[3], bias, rtol=0, atol=1e-6)
-    for i in range(len(x)):  # one image's answer does not depend on its batch
-        np.testing.assert_array_equal(session.run(None, {"x": x[i : i + 1]})[0][0], got[i])
+    for i in range(len(x)):  # one image's answer does not depend on its batch (a scale per tensor would move it
+        alone = session.run(None, {"x": x[i : i + 1]})[0][0]  # by far more: row 4 is 1000x the others)
+        assert (np.abs(alone - got[i]) <= steps[i]).all()
     exact = x @ weight.T + bias  # the float layer, within the quantization's bound
     bound = (
         0.5 * x_scale[:, None] * np.abs(weight).sum(axis=1)
