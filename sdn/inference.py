@@ -229,10 +229,10 @@ def deploy_copy(model: MultiExitNet, *, channels_last: bool = False) -> MultiExi
     copy_ = copy.deepcopy(model).eval()
     _fold(copy_)
     for head in copy_.exits:
-        if isinstance(getattr(head, "pool", None), MixedPool):
-            head.pool = inference_pool(head.pool)
-        if isinstance(getattr(head, "pool", None), MixedPool):
-            head.pool = _FixedMix(head.pool)
+        pool = getattr(head, "pool", None)
+        if isinstance(pool, MixedPool):
+            pool = inference_pool(pool)
+            head.pool = _FixedMix(pool) if isinstance(pool, MixedPool) else pool
     if channels_last:
         copy_.to(memory_format=torch.channels_last)
     return copy_
