@@ -27,7 +27,9 @@
 #              TOP_K: publish only each row's k largest logits (0: all; default 10 for cifar100, all for cifar10);
 #              VARIANTS: the variants to train (default cnn,ic_only,sdn; ic_only needs cnn; the backdoor experiment:
 #              bd_cnn,bd_ic_only, the CNN recipe on a poisoned copy of the training set and the IC-only recipe on
-#              the clean one, both evaluated on the triggered test images too: VGG-16-BN on CIFAR-10 in the paper);
+#              the clean one, both evaluated on the triggered test images too: VGG-16-BN on CIFAR-10 in the paper;
+#              cnn_full: the CNN recipe on all training images, its held-out split from the test set, what the
+#              paper's CNNs trained on: beside cnn it measures what the 5,000 held-out images cost, `sdn train-size`);
 #              POISON_ARGS: extra `sdn backdoor poison` options (default: target 5, rate 0.1, 5x5 square at 26,26);
 #              GRID_NAME: publish the grid's summary as grid-<device>-<name>.json, for a second grid of the data set
 #              on one kind of device (two runners sharing a GPU, each with its own WORK and OUT).

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "confusion",
     "calibration",
     "backdoor",
+    "train_size",
     "gradcam",
     "predict",
     "report",

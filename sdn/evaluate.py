@@ -66,14 +66,17 @@ def evaluate(
     arrays["exit_positions"] = np.array(model.exit_positions, dtype=np.int64)
     metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "data": str(data_dir), "splits": {}}
     for split in splits:
+        part = data.split(split)
         loader = DeviceLoader(
-            data.split(split), data.info, batch_size=batch_size, shuffle=False, augment=False, device=target, seed=0
+            part, data.info, batch_size=batch_size, shuffle=False, augment=False, device=target, seed=0
         )
         logits, labels = collect_logits(model, loader, desc=f"evaluate {split}")
         if logits.shape[1] == 0:
             logits = np.zeros((model.num_exits, 0, model.num_classes), dtype=np.float32)
         arrays[f"{split}_logits"] = logits
         arrays[f"{split}_labels"] = labels
+        if part.indices is not None:  # which images: runs on other splits of the data set compare image by image
+            arrays[f"{split}_indices"] = part.indices.numpy().astype(np.int64)
         metrics["splits"][split] = {
             "n": int(labels.shape[0]),
             "top1": outputs.topk_accuracy(logits, labels, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,19 @@ def test_load_checkpoint_is_strict(tiny, trained: tuple[Path, Path], tmp_path: P
         load_checkpoint(tmp_path / "bad.pt")
     model, meta = load_checkpoint(checkpoint)
     assert meta["arch"] == tiny.ARCH and model.exit_positions == tiny.EXITS
+
+
+def test_evaluate_records_which_images_a_split_holds(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """A prepared split's ``indices`` (positions in the data set's original split) go into outputs.npz as
+    ``{split}_indices``, so that runs on other splits of the data set compare image by image (sdn train-size)."""
+    checkpoint, data = trained
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    blob = io.load_torch(copy / "test.pt")
+    positions = torch.arange(len(blob["labels"])) * 3 + 1  # e.g. what is left of a test set after a held-out split
+    io.save_torch({**blob, "indices": positions}, copy / "test.pt")
+    out = tmp_path / "outputs.npz"
+    evaluate(checkpoint, copy, out, device="cpu", force_data_mismatch=True)  # the file changed, its content did not
+    arrays = dict(np.load(out))
+    assert arrays["test_indices"].tolist() == positions.tolist() and arrays["test_indices"].dtype == np.int64
+    assert "holdout_indices" not in arrays  # a split prepared without them records none

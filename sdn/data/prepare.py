@@ -39,12 +39,15 @@ FORMAT_VERSION = 1
 class TensorSplit:
     images: torch.Tensor  # uint8 [N, 3, H, W]
     labels: torch.Tensor  # int64 [N]
+    indices: torch.Tensor | None = None  # int64 [N]: positions in the data set's original split (None: unknown)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
             raise ValueError(f"images must be uint8 [N,3,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels shape {tuple(self.labels.shape)} does not match {self.images.shape[0]} images")
+        if self.indices is not None and self.indices.shape != self.labels.shape:
+            raise ValueError(f"indices shape {tuple(self.indices.shape)} does not match {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -83,7 +86,7 @@ class PreparedData:
             verify_sha256(file, self.meta.get("sha256", {}).get(name), remedy)
             try:
                 blob = load_torch(file)
-                self._cache[name] = TensorSplit(blob["images"], blob["labels"])
+                self._cache[name] = TensorSplit(blob["images"], blob["labels"], blob.get("indices"))
             except Exception as error:  # noqa: BLE001 - any unreadable split is reported the same way
                 raise CorruptFileError(f"{file} cannot be read as a prepared split ({error}); {remedy}") from error
         return self._cache[name]
@@ -236,7 +239,7 @@ def prepare(
 
 
 def _save_split(path: Path, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-    TensorSplit(images, labels)  # validates shapes and dtypes
+    TensorSplit(images, labels, indices)  # validates shapes and dtypes
     save_torch({"images": images, "labels": labels.to(torch.int64), "indices": indices.to(torch.int64)}, path)
 
 

@@ -3,7 +3,8 @@
 Layout read (docs/internals.md): ``{results}/{dataset}/{arch}/s{seed}/{variant}/`` with ``meta.json``,
 ``metrics.json`` and ``analysis/{early_exit,overthinking,confusion,calibration}/summary.json``, and the backdoor
 experiment's summary from ``bd_ic_only/analysis/backdoor/summary.json`` (the backdoored SDN's folder, where the
-workflow writes it). Figures are picked up from every folder under ``analysis/`` (gradcam and backdoor included).
+workflow writes it), the training-set-size comparison from ``cnn_full/analysis/train_size/summary.json``. Figures
+are picked up from every folder under ``analysis/`` (gradcam and backdoor included).
 A missing file is recorded as absent ("not run"); an unreadable one is absent too, with a line in
 ``Collection.problems``. A ``metrics.json`` holding an impossible value (an accuracy outside 0..100, NaN or infinity
 anywhere) is an error naming the file and the key: such numbers must never reach the report's tables.
@@ -22,6 +23,7 @@ from typing import Any
 VARIANTS: tuple[str, ...] = ("cnn", "ic_only", "sdn", "bd_cnn", "bd_ic_only")
 ANALYSES: tuple[str, ...] = ("early_exit", "overthinking", "confusion", "calibration")
 BACKDOOR_SUMMARY = ("bd_ic_only", "analysis", "backdoor", "summary.json")  # under a run's s{seed} folder
+TRAIN_SIZE_SUMMARY = ("cnn_full", "analysis", "train_size", "summary.json")  # likewise (sdn train-size)
 SKIPPED_TOP_LEVEL = frozenset({"data", "report", "logs", "mlruns"})
 FIGURE_SUFFIXES = (".png", ".pdf")
 _SEED_DIR = re.compile(r"^s(\d+)$")
@@ -68,11 +70,12 @@ class Collection:
     root: Path
     variants: dict[RunKey, dict[str, VariantResult]] = field(default_factory=dict)
     backdoor: dict[RunKey, dict[str, Any] | None] = field(default_factory=dict)
+    train_size: dict[RunKey, dict[str, Any] | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
     def keys(self) -> list[RunKey]:
-        return sorted(set(self.variants) | set(self.backdoor))
+        return sorted(set(self.variants) | set(self.backdoor) | set(self.train_size))
 
     def get(self, key: RunKey, variant: str) -> VariantResult | None:
         return self.variants.get(key, {}).get(variant)
@@ -119,6 +122,9 @@ def _collect_run(found: Collection, key: RunKey, seed_dir: Path) -> None:
     backdoor = seed_dir.joinpath(*BACKDOOR_SUMMARY)
     if backdoor.is_file():
         found.backdoor[key] = _read(found, backdoor)
+    train_size = seed_dir.joinpath(*TRAIN_SIZE_SUMMARY)
+    if train_size.is_file():
+        found.train_size[key] = _read(found, train_size)
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
         help=f"comma-separated, of {', '.join(VARIANTS)} (bd_*: the backdoor experiment, CIFAR-10 VGG-16-BN in the "
-        "paper; bd_ic_only needs bd_cnn)",
+        "paper; bd_ic_only needs bd_cnn; cnn_full: the CNN recipe on all training images, held-out split from the "
+        "test set, to measure what holding 5,000 out of training costs)",
     )
     p.add_argument("--prepare-args", default="", help="extra `sdn prepare-data` options (shell words)")
     p.add_argument(

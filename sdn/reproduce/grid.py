@@ -8,6 +8,11 @@ The backdoor experiment's variants, as in the workflow (``workflow/rules/common.
 on the poisoned training set (``sdn backdoor poison``, in :data:`BACKDOOR_DATA`), ``bd_ic_only`` the IC-only recipe
 on the clean one with ``bd_cnn`` as its parent; both are evaluated on the poisoned folder's held-out and test splits
 and its triggered test splits (:data:`BACKDOOR_SPLITS`).
+
+``cnn_full`` is the CNN recipe on every training image, as the paper trained its CNNs: its data (:data:`FULL_DATA`)
+are prepared with ``--holdout-from test`` (the held-out split is carved from the test set, the rest is its test
+split), so that beside the ``cnn`` of the same arch and seed it measures what the default 45,000-image training set
+(5,000 held out) costs, on the test images both were tested on (``sdn train-size``).
 """
 
 from __future__ import annotations
@@ -20,16 +25,26 @@ from typing import Any
 
 from sdn import io
 
-VARIANTS = ("cnn", "ic_only", "sdn", "bd_cnn", "bd_ic_only")
+VARIANTS = ("cnn", "ic_only", "sdn", "bd_cnn", "bd_ic_only", "cnn_full")
 DEFAULT_VARIANTS = ("cnn", "ic_only", "sdn")
 BACKDOOR_VARIANTS = ("bd_cnn", "bd_ic_only")
-RECIPE = {"cnn": "cnn", "ic_only": "ic_only", "sdn": "sdn", "bd_cnn": "cnn", "bd_ic_only": "ic_only"}
+FULL_VARIANTS = ("cnn_full",)
+RECIPE = {
+    "cnn": "cnn",
+    "ic_only": "ic_only",
+    "sdn": "sdn",
+    "bd_cnn": "cnn",
+    "bd_ic_only": "ic_only",
+    "cnn_full": "cnn",
+}
 PARENT = {"ic_only": "cnn", "bd_ic_only": "bd_cnn"}  # an IC-only variant trains the ICs of this variant's CNN
 CHILD = {parent: child for child, parent in PARENT.items()}
 # the CNNs first: they unlock their IC-only children
-START_ORDER = {"cnn": 0, "bd_cnn": 0, "sdn": 1, "ic_only": 2, "bd_ic_only": 2}
+START_ORDER = {"cnn": 0, "bd_cnn": 0, "cnn_full": 0, "sdn": 1, "ic_only": 2, "bd_ic_only": 2}
 DATA = "data"  # the prepared data folder, relative to the work folder
 BACKDOOR_DATA = "data-backdoor"  # its poisoned copy (sdn backdoor poison), for the backdoor variants
+FULL_DATA = "data-full"  # every training image, held-out split from the test set
+FULL_PREPARE_ARGS = ("--holdout-from", "test")  # added to the grid's prepare-data options for FULL_DATA
 SPLITS = ("holdout", "test")
 BACKDOOR_SPLITS = ("holdout", "test", "test_triggered", "test_triggered_all")
 STATE_FILE = "state.json"
@@ -66,11 +81,15 @@ class Job:
 
     @property
     def train_data(self) -> str:
+        if self.variant in FULL_VARIANTS:
+            return FULL_DATA
         return BACKDOOR_DATA if self.variant == "bd_cnn" else DATA
 
     @property
     def evaluated_on(self) -> tuple[str, tuple[str, ...]]:
         """(data folder, splits) of this job's evaluation."""
+        if self.variant in FULL_VARIANTS:
+            return FULL_DATA, SPLITS
         return (BACKDOOR_DATA, BACKDOOR_SPLITS) if self.variant in BACKDOOR_VARIANTS else (DATA, SPLITS)
 
 

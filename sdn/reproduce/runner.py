@@ -64,6 +64,9 @@ from sdn.reproduce.grid import (
     BACKDOOR_VARIANTS,
     DATA,
     DEFAULT_VARIANTS,
+    FULL_DATA,
+    FULL_PREPARE_ARGS,
+    FULL_VARIANTS,
     STATE_FILE,
     GridState,
     Job,
@@ -205,39 +208,64 @@ class Runner:
         self.state.save()
 
     # ------------------------------------------------------------------ data
+    def data_folders(self) -> list[tuple[str, str, list[str]]]:
+        """``(folder, state key, prepare-data options)`` of every prepared data folder the grid's jobs need:
+        :data:`DATA` always (its meta.json sizes the resume pack), :data:`FULL_DATA` for the ``cnn_full`` jobs."""
+        folders = [(DATA, "prepared", list(self.s.prepare_args))]
+        if any(job.variant in FULL_VARIANTS for job in self.jobs):
+            folders.append((FULL_DATA, "prepared_full", [*self.s.prepare_args, *FULL_PREPARE_ARGS]))
+        return folders
+
+    def prepare_args_of(self, job: Job) -> list[str]:
+        """The ``sdn prepare-data`` options of the data ``job`` trained on (in its provenance)."""
+        extra = list(FULL_PREPARE_ARGS) if job.variant in FULL_VARIANTS else []
+        return [*self.s.prepare_args, *extra]
+
     def prepare_data(self) -> None:
-        data = self.work / "data"
+        """Extract the archive once and ``sdn prepare-data`` each folder of :meth:`data_folders` not prepared yet
+        with the same archive and options (the state records each folder's request)."""
         started = time.monotonic()
         if self.s.archive is None or not self.s.archive.is_file():
             raise FileNotFoundError(
                 f"CIFAR JPEG archive {self.s.archive} not found (ARCHIVE=path/to/<dataset>-jpeg.tar.gz)"
             )
-        request = {"archive": self.s.archive.name, "sha256": publish.sha256_file(self.s.archive),
-                   "prepare_args": self.s.prepare_args}  # fmt: skip
-        if (data / "meta.json").is_file() and self.state.data.get("prepared") == request:
-            log.info("data already prepared in %s (same archive and options)", data)
+        digest = publish.sha256_file(self.s.archive)
+        todo = []
+        for folder, key, args in self.data_folders():
+            request = {"archive": self.s.archive.name, "sha256": digest, "prepare_args": args}
+            if (self.work / folder / "meta.json").is_file() and self.state.data.get(key) == request:
+                log.info("data already prepared in %s (same archive and options)", self.work / folder)
+            else:
+                todo.append((folder, key, args, request))
+        if not todo:
             return
         raw = self.work / "raw"
         shutil.rmtree(raw, ignore_errors=True)
         raw.mkdir()
-        with tarfile.open(self.s.archive) as tar:
-            tar.extractall(raw, filter="data")
-        roots = sorted(p.parent for p in raw.glob("**/train") if (p.parent / "test").is_dir())
-        if not roots:
-            raise FileNotFoundError(
-                f"{self.s.archive} holds no <root>/train and <root>/test folders (ImageFolder layout)"
-            )
-        command = [self.s.python, "-m", "sdn", "prepare-data", "--dataset", "imagefolder"]
-        command += ["--data-root", str(roots[0]), "--out", "data", *self.s.prepare_args]
-        with open(self.work / "logs" / "prepare.log", "ab") as handle:
-            rc = subprocess.run(
-                command, cwd=self.work, env=_env(), stdout=handle, stderr=subprocess.STDOUT
-            ).returncode
-        shutil.rmtree(raw, ignore_errors=True)
-        if rc != 0 or not (data / "meta.json").is_file():
-            raise RuntimeError(f"sdn prepare-data failed (rc {rc}); see {self.work / 'logs' / 'prepare.log'}")
-        self.state.data["prepared"] = request
-        self.state.data.pop("poisoned", None)  # made from the data just replaced
+        try:
+            with tarfile.open(self.s.archive) as tar:
+                tar.extractall(raw, filter="data")
+            roots = sorted(p.parent for p in raw.glob("**/train") if (p.parent / "test").is_dir())
+            if not roots:
+                raise FileNotFoundError(
+                    f"{self.s.archive} holds no <root>/train and <root>/test folders (ImageFolder layout)"
+                )
+            for folder, key, args, request in todo:
+                command = [self.s.python, "-m", "sdn", "prepare-data", "--dataset", "imagefolder"]
+                command += ["--data-root", str(roots[0]), "--out", folder, *args]
+                with open(self.work / "logs" / "prepare.log", "ab") as handle:
+                    rc = subprocess.run(
+                        command, cwd=self.work, env=_env(), stdout=handle, stderr=subprocess.STDOUT
+                    ).returncode
+                if rc != 0 or not (self.work / folder / "meta.json").is_file():
+                    log_file = self.work / "logs" / "prepare.log"
+                    raise RuntimeError(f"sdn prepare-data --out {folder} failed (rc {rc}); see {log_file}")
+                self.state.data[key] = request
+                if folder == DATA:
+                    self.state.data.pop("poisoned", None)  # made from the data just replaced
+                self.state.save()
+        finally:
+            shutil.rmtree(raw, ignore_errors=True)
         self.call["prepare_s"] = round(time.monotonic() - started, 1)
         self.state.save()
         log.info("data prepared in %.0f s", self.call["prepare_s"])
@@ -562,7 +590,7 @@ class Runner:
             "epochs": self.s.epochs[job.recipe],
             "batch_size": self.s.batch_size,
             "train_args": self.train_args(job),
-            "prepare_args": self.s.prepare_args,
+            "prepare_args": self.prepare_args_of(job),
             "wall_s": {
                 "train": round(self.state.wall_seconds(job, "train"), 1),
                 "evaluate": round(self.state.wall_seconds(job, "evaluate"), 1),
@@ -641,6 +669,7 @@ class Runner:
             "environment": self.environment,
             "code": self.code,
             "data": self.state.data.get("prepared"),  # archive name and sha256, prepare-data options
+            **({"data_full": self.state.data["prepared_full"]} if "prepared_full" in self.state.data else {}),
         }
 
     def resume_members(self) -> list[str]:

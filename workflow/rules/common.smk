@@ -428,6 +428,15 @@ def backdoor_targets() -> list[str]:
     return [_in_run(*_backdoor_run(), "bd_ic_only", "analysis/backdoor/summary.json")]
 
 
+def train_size_targets() -> list[str]:
+    """Published mode: what the default held-out split costs, for every run whose CNN is also published trained on
+    all training images (variant cnn_full of the runners, `sdn train-size`); none otherwise."""
+    if not PUBLISHED:
+        return []
+    pairs = sorted(run for run, found in PUBLISHED_RUNS.items() if {"cnn", "cnn_full"} <= found)
+    return [_in_run(*run, "cnn_full", "analysis/train_size/summary.json") for run in pairs]
+
+
 def checkpoint_targets() -> list[str]:
     """Every model.pt. Listed as targets so that deleting one checkpoint retrains it (and, through the newer
     file, reruns exactly what depends on it); otherwise Snakemake ignores a missing intermediate file. None in published mode (no checkpoints)."""

@@ -20,6 +20,7 @@ rule report:
         config=f"{R}/report/config.json",
         analyses=analysis_targets(),
         backdoor=backdoor_targets(),
+        train_size=train_size_targets(),
     output:
         # Snakemake's viewer shows HTML inline; summary.md stays a plain file. The analysis figures are registered by
         # the jobs that draw them, so only the figures made here (per-exit accuracy) are added.
