@@ -155,3 +155,35 @@ def test_cnn_full_trains_and_is_evaluated_on_every_training_image(fake_cifar_arc
     again = Runner(settings)  # a later call prepares neither folder again
     again.prepare_data()
     assert "prepare_s" not in again.call
+
+
+@pytest.mark.slow
+def test_a_toy_cnn_full_is_published_with_its_test_positions_and_compared(fake_cifar_archive, tmp_path: Path) -> None:
+    """A toy grid of cnn and cnn_full end to end on the CPU: both published, cnn_full's outputs say which test
+    images it holds and its provenance how its data were prepared; `sdn train-size` compares the published pair."""
+    from sdn.reproduce import ingest, publish
+
+    archive = tmp_path / "c10.tar.gz"
+    fake_cifar_archive(archive, train_per_class=40, test_per_class=20)  # 3 classes: 120 training, 60 test images
+    settings = Settings(out=tmp_path / "out", dataset="cifar10", archs=["resnet56"], seeds=[0], work=tmp_path / "w",
+                        archive=archive, device="cpu", jobs=1, budget_s=1200.0, variants=("cnn", "cnn_full"),
+                        epochs={"cnn": 1, "ic_only": 1, "sdn": 1}, batch_size=32,
+                        prepare_args=["--holdout", "12"])  # fmt: skip
+    summary = Runner(settings).run()
+    assert summary["complete"], summary["jobs"]
+    assert summary["data_full"]["prepare_args"] == ["--holdout", "12", "--holdout-from", "test"]
+    repo = tmp_path / "repo"
+    ingest.ingest(settings.out, repo)
+    publish.verify(repo / "reproduction")
+    run = repo / "reproduction" / "cifar10" / "resnet56" / "s0"
+    assert publish.read_provenance(run / "cnn_full")["prepare_args"] == ["--holdout", "12", "--holdout-from", "test"]
+    assert io.read_json(run / "cnn_full" / "meta.json")["train_size"] == 120
+    assert io.read_json(run / "cnn" / "meta.json")["train_size"] == 108
+    with np.load(run / "cnn_full" / "outputs.npz") as data:
+        positions = data["test_indices"]
+    assert len(positions) == 48 and len(set(positions.tolist())) == 48 and positions.max() < 60
+    out = tmp_path / "analysis"
+    assert main(["train-size", "--cnn", str(run / "cnn"), "--full", str(run / "cnn_full"), "--out", str(out)]) == 0
+    doc = io.read_json(out / "summary.json")
+    assert doc["images"] == 48 and doc["default"]["split_images"] == 60
+    assert (doc["default"]["train_images"], doc["full"]["train_images"]) == (108, 120)
