@@ -90,7 +90,7 @@ WEIGHTS_ONLY_DIR = "carry"
 # where models.tar's members are staged (relative to WORK)
 MODELS_STAGING_DIR = "models-out"
 # which finished checkpoints come back first when not all fit: the trained SDNs are the ones deployed
-MODEL_PRIORITY = {"sdn": 0, "ic_only": 1, "cnn": 2}  # then the backdoor runs
+MODEL_PRIORITY = {"sdn": 0, "ic_only": 1, "cnn": 2}  # then the others (backdoor runs, cnn_full)
 
 
 @dataclass
