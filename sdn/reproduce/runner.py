@@ -211,15 +211,18 @@ class Runner:
     def data_folders(self) -> list[tuple[str, str, list[str]]]:
         """``(folder, state key, prepare-data options)`` of every prepared data folder the grid's jobs need:
         :data:`DATA` always (its meta.json sizes the resume pack), :data:`FULL_DATA` for the ``cnn_full`` jobs."""
-        folders = [(DATA, "prepared", list(self.s.prepare_args))]
+        folders = [(DATA, "prepared", self.folder_prepare_args(full=False))]
         if any(job.variant in FULL_VARIANTS for job in self.jobs):
-            folders.append((FULL_DATA, "prepared_full", [*self.s.prepare_args, *FULL_PREPARE_ARGS]))
+            folders.append((FULL_DATA, "prepared_full", self.folder_prepare_args(full=True)))
         return folders
+
+    def folder_prepare_args(self, *, full: bool) -> list[str]:
+        """The ``sdn prepare-data`` options of :data:`DATA`, or with ``full`` of :data:`FULL_DATA`."""
+        return [*self.s.prepare_args, *(FULL_PREPARE_ARGS if full else ())]
 
     def prepare_args_of(self, job: Job) -> list[str]:
         """The ``sdn prepare-data`` options of the data ``job`` trained on (in its provenance)."""
-        extra = list(FULL_PREPARE_ARGS) if job.variant in FULL_VARIANTS else []
-        return [*self.s.prepare_args, *extra]
+        return self.folder_prepare_args(full=job.variant in FULL_VARIANTS)
 
     def prepare_data(self) -> None:
         """Extract the archive once and ``sdn prepare-data`` each folder of :meth:`data_folders` not prepared yet
