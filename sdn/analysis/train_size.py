@@ -21,10 +21,11 @@ import numpy as np
 from sdn.outputs import load_split
 
 
-def test_positions(outputs: Mapping[str, np.ndarray], split: str = "test", *, required: bool = False) -> np.ndarray:
-    """Positions of ``split``'s images in the data set's original split: ``{split}_indices``, else (unless
-    ``required``: ValueError) 0..N-1, the whole split in order."""
-    _, labels = load_split(outputs, split)
+def split_positions(
+    outputs: Mapping[str, np.ndarray], labels: np.ndarray, split: str = "test", *, required: bool = False
+) -> np.ndarray:
+    """Positions of ``split``'s images (``labels``, from :func:`sdn.outputs.load_split`) in the data set's original
+    split: ``{split}_indices``, else (unless ``required``: ValueError) 0..N-1, the whole split in order."""
     indices = outputs.get(f"{split}_indices")
     if indices is None and required:
         raise ValueError(
@@ -62,10 +63,11 @@ def compare(
     no image is shared or the labels of a shared image differ (the runs are not of one data set).
     """
     runs = {"default": default, "full": full}
-    logits, labels, positions = {}, {}, {}
+    labels, predictions, positions = {}, {}, {}
     for name, arrays in runs.items():
-        logits[name], labels[name] = load_split(arrays, split)
-        positions[name] = test_positions(arrays, split, required=name == "full")
+        logits, labels[name] = load_split(arrays, split)
+        predictions[name] = logits[-1].argmax(axis=1)  # the final head's
+        positions[name] = split_positions(arrays, labels[name], split, required=name == "full")
     common, at_default, at_full = np.intersect1d(
         positions["default"], positions["full"], assume_unique=True, return_indices=True
     )
@@ -77,16 +79,12 @@ def compare(
             f"{wrong} of the {common.size} shared {split} images have different labels in the two runs: they are "
             "not of one data set (or one was evaluated before its outputs recorded the images' positions)"
         )
-    right = {
-        "default": logits["default"][-1, at_default].argmax(axis=1) == labels["default"][at_default],
-        "full": logits["full"][-1, at_full].argmax(axis=1) == labels["full"][at_full],
-    }
+    hits = {name: predictions[name] == labels[name] for name in runs}  # each on its own whole split
+    right = {"default": hits["default"][at_default], "full": hits["full"][at_full]}  # on the shared images
     only_default = int((right["default"] & ~right["full"]).sum())
     only_full = int((right["full"] & ~right["default"]).sum())
-    top1 = {name: 100.0 * float(hits.mean()) for name, hits in right.items()}
-    own = {
-        name: 100.0 * float((logits[name][-1].argmax(axis=1) == labels[name]).mean()) for name in runs
-    }  # each on its own whole test split
+    top1 = {name: 100.0 * float(shared.mean()) for name, shared in right.items()}
+    own = {name: 100.0 * float(hits[name].mean()) for name in runs}
     return {
         "split": split,
         "images": int(common.size),
