@@ -94,6 +94,9 @@ def test_the_command_writes_the_summary_and_names_a_missing_run(tmp_path: Path) 
     assert doc["images"] == 50 and doc["gain_points"] == pytest.approx(0.0)  # the same logits on the same images
     assert doc["only_default_right"] == doc["only_full_right"] == 0
     assert doc["full"]["train_images"] == doc["default"]["train_images"] + 100
+    toy_meta = io.read_json(run / "cnn" / "meta.json")
+    toy_setup = f"{toy_meta['device']}, {'bf16' if toy_meta['amp'] else 'fp32'}"
+    assert doc["default"]["training"] == doc["full"]["training"] == toy_setup
     assert (
         main(["train-size", "--cnn", str(run / "sdn"), "--full", str(tmp_path / "nowhere"), "--out", str(out)]) != 0
     )
@@ -127,6 +130,24 @@ def test_the_paper_report_states_the_cost_or_that_it_is_not_measured(tmp_path: P
     assert row.ours.startswith("90.00% -> 90.60% (+0.60 points on the 9,000 test images both were tested on")
     assert row.verdict == "the held-out images cost 0.60 points; the two networks differ on these images (McNemar)"
     assert "| cifar10 | resnet56 | CNN test top-1, 45,000 -> 50,000" in paper.paper_markdown(collect(results))
+
+
+def test_the_report_names_a_difference_in_how_the_two_cnns_trained(tmp_path: Path) -> None:
+    summary = {"split": "test", "images": 9000, "gain_points": 0.3, "mcnemar_p": 0.5,
+               "default": {"top1": 90.0, "train_images": 45000, "training": "cuda, bf16"},
+               "full": {"top1": 90.3, "train_images": 50000, "training": "cpu, fp32"}}  # fmt: skip
+    file = tmp_path / "cifar10" / "mobilenet" / "s0" / "cnn_full" / "analysis" / "train_size" / "summary.json"
+    io.write_json(file, summary)
+    (row,) = paper.train_size_rows(collect(tmp_path))
+    assert row.verdict.endswith(
+        "; confounded: the two also trained differently (cuda, bf16 vs cpu, fp32), which this comparison cannot "
+        "tell apart from the training set's size"
+    )
+    unrecorded = {"top1": 90.0, "train_images": 45000}
+    for default in ({**unrecorded, "training": "cpu, fp32"}, {**unrecorded, "training": None}, unrecorded):
+        io.write_json(file, {**summary, "default": default})  # alike, or not recorded for the default CNN
+        (row,) = paper.train_size_rows(collect(tmp_path))
+        assert "confounded" not in row.verdict
 
 
 def test_cnn_full_trains_and_is_evaluated_on_every_training_image(fake_cifar_archive, tmp_path: Path) -> None:

@@ -40,22 +40,34 @@ def write_train_size(cnn: Path, full: Path, out_dir: Path, *, split: str = "test
     from sdn.io import read_json, write_json
     from sdn.outputs import load as load_outputs
 
-    sizes = []
+    sizes, setups = [], []
     for run in (cnn, full):
         meta_file = run / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(
                 f"{meta_file} not found: --cnn and --full take run folders (meta.json, outputs.npz)"
             )
-        size = read_json(meta_file).get("train_size")
+        meta = read_json(meta_file)
+        size = meta.get("train_size")
         sizes.append(int(size) if isinstance(size, int | float) else None)
+        setups.append(training_setup(meta))
     doc = compare(
         load_outputs(cnn / "outputs.npz"),
         load_outputs(full / "outputs.npz"),
         train_images=(sizes[0], sizes[1]),
         split=split,
     )
+    doc["default"]["training"], doc["full"]["training"] = setups
     doc["runs"] = {"default": str(cnn), "full": str(full)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", doc)
     return doc
+
+
+def training_setup(meta: dict[str, Any]) -> str | None:
+    """Where and in what precision a run trained, from its meta.json ("cuda, bf16", "cpu, fp32"; None if unrecorded):
+    two CNNs that differ in it differ in more than their training sets."""
+    device = meta.get("device")
+    if not isinstance(device, str) or "amp" not in meta:
+        return None
+    return f"{device}, {'bf16' if meta['amp'] else 'fp32'}"

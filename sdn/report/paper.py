@@ -369,6 +369,13 @@ def train_size_rows(found: Collection) -> list[Row]:
             )
         else:
             verdict = f"{cost} (mean of {len(docs)} seeds; {differs} of {len(docs)} differ, McNemar)"
+        setups = {(dig(d, "default", "training"), dig(d, "full", "training")) for d in docs}
+        differing = sorted(f"{a} vs {b}" for a, b in setups if a is not None and b is not None and a != b)
+        if differing:
+            verdict += (
+                f"; confounded: the two also trained differently ({'; '.join(differing)}), which this comparison "
+                "cannot tell apart from the training set's size"
+            )
         rows.append(
             Row(dataset, arch, "cnn_full", f"CNN test top-1, {sizes[0]} -> {sizes[1]} training images (%)",
                 f"the paper's CNNs trained on all {PAPER_TRAIN_SIZES.get(dataset, 0):,}", ours, verdict,
