@@ -357,7 +357,7 @@ def train_size_rows(found: Collection) -> list[Row]:
         shared = int(docs[0].get("images", 0))
         ours = (
             f"{default.text(2)}% -> {full.text(2)}% ({gain.mean:+.2f} points on the {shared:,} test images both were "
-            f"tested on; McNemar p {', '.join(f'{p:.2g}' for p in p_values)})"
+            f"tested on; McNemar p {', '.join(f'{p:.3g}' for p in p_values)})"
         )
         differs = sum(p < SIGNIFICANCE for p in p_values)
         cost = f"the held-out images cost {gain.mean:.2f} points" if gain.mean > 0 else "no cost measured"
