@@ -206,6 +206,33 @@ def fake_cifar_archive() -> Callable[..., None]:
     return make_fake_cifar_archive
 
 
+def freeze_trainer(work: Path) -> None:
+    """SIGSTOP the process group of the `sdn train` a reproduction runner started in ``work`` (its own session), so
+    that a test can stop the call at a known epoch: a toy epoch takes a fraction of a second, and an unfrozen
+    trainer may finish its run before the runner's stop reaches it (seen once on a fresh machine). The runner's
+    SIGTERM then waits while the trainer is stopped, and its grace period ends in SIGKILL, which a stopped process
+    obeys."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(proc / "cwd"))
+            group = os.getpgid(int(proc.name))  # the trainer's, for a data loader's worker too
+        except OSError:  # gone, or not ours to read
+            continue
+        if command[1:4] == [b"-m", b"sdn", b"train"] and cwd == work:
+            os.killpg(group, signal.SIGSTOP)
+            return
+    raise AssertionError(f"no `sdn train` process runs in {work}")
+
+
+@pytest.fixture(scope="session")
+def stop_trainer() -> Callable[[Path], None]:
+    """``freeze(work)``: :func:`freeze_trainer`."""
+    return freeze_trainer
+
+
 # ---------------------------------------------------------------- the workflow
 
 

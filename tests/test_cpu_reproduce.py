@@ -43,18 +43,21 @@ def _carried_state(carry: Path, tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_a_fresh_machine_continues_from_the_committed_resume_pack(fake_cifar_archive, tmp_path: Path) -> None:
+def test_a_fresh_machine_continues_from_the_committed_resume_pack(
+    fake_cifar_archive, stop_trainer, tmp_path: Path
+) -> None:
     archive = tmp_path / "c10.tar.gz"
     fake_cifar_archive(archive, train_per_class=50, test_per_class=10)
     repo, carry = tmp_path / "repo", tmp_path / "repo" / "runs-in-progress" / "cifar10-cpu"
 
     first = _wrapper(repo, tmp_path / "machine1", archive)
-    last = tmp_path / "machine1" / "runs" / "resnet56" / "s0" / "cnn" / "last.pt"
+    last = tmp_path / "machine1" / "runs" / "resnet56" / "s0" / "cnn" / "last.pt.sha256"
     deadline = time.monotonic() + 600
-    while not last.exists():  # the CNN finished an epoch: end the session now
+    while not last.exists():  # the CNN finished an epoch (last.pt and its sidecar written): end the session now
         assert first.poll() is None, first.communicate()[0]
         assert time.monotonic() < deadline
-        time.sleep(0.2)
+        time.sleep(0.05)
+    stop_trainer(tmp_path / "machine1")  # or it may finish the CNN before the stop reaches it
     first.send_signal(signal.SIGTERM)  # to the wrapper: it passes the stop on and still installs and carries
     log1 = first.communicate(timeout=180)[0]
     assert first.returncode == 0, log1

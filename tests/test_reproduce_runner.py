@@ -416,16 +416,17 @@ def _script(out: Path, work: Path, archive: Path, **env: str) -> subprocess.Pope
 
 
 @pytest.mark.slow
-def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, tmp_path: Path) -> None:
+def test_cut_grid_resumes_on_a_second_call_and_publishes(fake_cifar_archive, stop_trainer, tmp_path: Path) -> None:
     archive = tmp_path / "c10.tar.gz"
     fake_cifar_archive(archive, train_per_class=50, test_per_class=10)
     first = _script(tmp_path / "out1", tmp_path / "work1", archive)
-    last = tmp_path / "work1" / "runs" / "resnet56" / "s0" / "cnn" / "last.pt"
+    last = tmp_path / "work1" / "runs" / "resnet56" / "s0" / "cnn" / "last.pt.sha256"
     deadline = time.monotonic() + 600
-    while not last.exists():  # the CNN finished an epoch: cut the grid now, as the budget would
+    while not last.exists():  # the CNN finished an epoch (last.pt, its sidecar): cut the grid, as the budget would
         assert first.poll() is None, first.communicate()[0]
         assert time.monotonic() < deadline
-        time.sleep(0.2)
+        time.sleep(0.05)
+    stop_trainer(tmp_path / "work1")  # or it may finish the CNN before the stop reaches it
     first.send_signal(signal.SIGTERM)
     log1 = first.communicate(timeout=120)[0]
     assert first.returncode == 0, log1
