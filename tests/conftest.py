@@ -229,7 +229,7 @@ def freeze_trainer(work: Path) -> None:
 
 @pytest.fixture(scope="session")
 def stop_trainer() -> Callable[[Path], None]:
-    """``freeze(work)``: :func:`freeze_trainer`."""
+    """``stop_trainer(work)``: :func:`freeze_trainer`."""
     return freeze_trainer
 
 
