@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,38 @@ def test_headline_counts_the_networks_that_reproduce_and_cifar100_cnns_meet_thei
     (cnn_row,) = [r for r in paper.per_exit_rows(found) if r.variant == "cnn"]
     assert cnn_row.paper.startswith("71–73 (typical in the literature")  # CIFAR-100's range, not CIFAR-10's 92-93
     assert cnn_row.verdict == "9.8 points below the literature's range"
+
+
+def test_runs_that_deviate_alike_share_one_recipe_row(tmp_path: Path) -> None:
+    from sdn.config import paper_recipe
+
+    def publish(dataset: str, arch: str, seed: int, variant: str, train_size: int) -> None:
+        folder = tmp_path / dataset / arch / f"s{seed}" / variant
+        recipe = paper_recipe(variant, arch).to_dict()
+        meta = {"arch": arch, "variant": variant, "recipe": recipe, "train_size": train_size}
+        io.write_json(folder / "meta.json", meta)
+        io.write_json(folder / "metrics.json", {"splits": {"test": {"top1": [90.0]}}})
+
+    for dataset in ("cifar10", "cifar100"):
+        for arch in ("resnet56", "mobilenet"):
+            for variant in ("cnn", "sdn"):
+                publish(dataset, arch, 0, variant, 45_000)
+    publish("cifar10", "vgg16bn", 0, "cnn", 45_000)  # one variant of this arch only: not joined with the others
+    publish("cifar10", "mobilenet", 1, "cnn", 45_000)  # a second seed: its row names both seeds
+    rows = [(r.dataset, r.arch, r.variant, r.ours) for r in paper.recipe_rows(collect(tmp_path))]
+    held_out = "training images 45,000 (5,000 held out)"
+    assert sorted(rows) == [
+        ("cifar10", "mobilenet", "cnn", f"{held_out} (s0, s1)"),
+        ("cifar10", "mobilenet", "sdn", f"{held_out} (s0)"),
+        ("cifar10", "resnet56", "cnn, sdn", f"{held_out} (s0)"),
+        ("cifar10", "vgg16bn", "cnn", f"{held_out} (s0)"),
+        ("cifar100", "mobilenet, resnet56", "cnn, sdn", f"{held_out} (s0)"),
+    ]
+    table = paper.rows_markdown(paper.recipe_rows(collect(tmp_path)))
+    assert "| cifar100 | mobilenet, resnet56 | CNN, SDN (SDN training) | training recipe |" in table
+    alike = [paper.Row(d, "resnet56", v, "training recipe", "p", "o", "x") for d in ("cifar10", "cifar100")
+             for v in ("cnn", "sdn")]  # fmt: skip
+    joined = paper.Row("cifar10, cifar100", "resnet56", "cnn, sdn", "training recipe", "p", "o", "x")
+    assert paper.merge_alike(alike) == [joined]
+    unlike = [alike[0], replace(alike[3], ours="other")]
+    assert paper.merge_alike(unlike) == unlike

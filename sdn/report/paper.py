@@ -17,7 +17,7 @@ import math
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -450,7 +450,23 @@ def recipe_rows(found: Collection) -> list[Row]:
                 ours = "; ".join(f"{k} {mine}" for k, mine, _ in deviation) + f" ({', '.join(seeds)})"
                 row = Row(dataset, arch, variant, "training recipe", paper, ours, "not the paper's recipe")
             rows.append(row)
-    return rows
+    return merge_alike(rows)
+
+
+def merge_alike(rows: Sequence[Row]) -> list[Row]:
+    """Rows that differ only in their variant, then arch, then dataset, joined into one row (those cells listed,
+    comma-separated): fifteen networks that deviate alike make one line, and every joined row still stands for each
+    combination of its cells."""
+    for joined in ("variant", "arch", "dataset"):
+        merged: dict[tuple[str, ...], Row] = {}
+        for row in rows:
+            rest = tuple(str(getattr(row, f.name)) for f in fields(Row) if f.name not in (joined, "value"))
+            if rest in merged:
+                first = merged[rest]
+                row = replace(first, **{joined: f"{getattr(first, joined)}, {getattr(row, joined)}"})
+            merged[rest] = row
+        rows = list(merged.values())
+    return list(rows)
 
 
 def _networks(held: int, total: int) -> str:
@@ -523,7 +539,9 @@ def rows_markdown(rows: Sequence[Row], columns: Sequence[str] = ("dataset", "arc
 
 def _cell(row: Row, column: str) -> str:
     value = str(getattr(row, column))
-    return VARIANT_NAMES.get(value, value) if column == "variant" else value
+    if column != "variant":
+        return value
+    return ", ".join(VARIANT_NAMES.get(v, v) for v in value.split(", "))  # one, or several joined (merge_alike)
 
 
 def paper_markdown(found: Collection, *, heading_level: int = 2) -> str:
@@ -571,7 +589,8 @@ def paper_markdown(found: Collection, *, heading_level: int = 2) -> str:
         "",
         "Runs whose training differed from the paper's recipe (`sdn.config.paper_recipe`: optimiser, learning rate "
         "and its schedule, weight decay, epochs, batch size, IC loss weights, no gradient clipping; all training "
-        "images), as recorded in each run's meta.json. Their numbers above are not the paper's recipe's.",
+        "images), as recorded in each run's meta.json; networks that differ alike share a row (each combination "
+        "of its data sets, networks and variants). Their numbers above are not the paper's recipe's.",
         "",
         _recipes_markdown(found),
     ]
