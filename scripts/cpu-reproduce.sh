@@ -5,7 +5,8 @@
 #   scripts/cpu-reproduce.sh DATASET ARCHS [SEEDS]
 #   e.g. BUDGET_S=7200 VARIANTS=cnn,ic_only scripts/cpu-reproduce.sh cifar10 resnet56 0
 #
-# A wrapper of scripts/gpu-reproduce.sh with the CPU's settings (DEVICE=cpu, JOBS=1; TRAIN_ARGS, unless given,
+# A wrapper of scripts/gpu-reproduce.sh with the CPU's settings (DEVICE=cpu, JOBS=1, so each CNN's evaluation and
+# IC-only training run right after it, before any SDN training; TRAIN_ARGS, unless given,
 # --compile on a CPU with AVX-512 and nothing on one without: measured on this project's machines, compiling made a
 # ResNet-56 epoch about 15% faster on a Zen 4 and none on a Zen 3, whose cold compilation costs each call about 4
 # minutes, and a MobileNet epoch 15% slower on a Zen 5: give TRAIN_ARGS= there, docs/cpu-bf16.md; every other

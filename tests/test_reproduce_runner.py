@@ -138,6 +138,26 @@ def test_jobs_run_in_dependency_order_and_are_not_redone(tmp_path: Path, monkeyp
     )
     assert keys.index("train resnet56/s0/ic_only") > keys.index("train resnet56/s0/cnn")
     assert all(runner.state.job(j)["evaluated"] for j in runner.jobs)
+
+
+def test_one_slot_finishes_each_cnns_short_work_before_the_next_long_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one job at a time (the CPU runner), a CNN is evaluated and its IC-only child trained and evaluated right
+    after it, before the SDN trainings and the next CNN: published sooner, and its model.pt not carried."""
+    launched: list[tuple[str, str]] = []
+    _fake_commands(monkeypatch, 0.05, launched)
+    runner = Runner(_settings(tmp_path, archs=["resnet56", "mobilenet"], jobs=1))
+    (runner.work / "logs").mkdir()
+    runner.schedule()
+    assert [f"{phase} {key}" for phase, key in launched] == [
+        f"{phase} {arch}/s0/{variant}"
+        for arch, variant in [("resnet56", "cnn"), ("resnet56", "ic_only"), ("mobilenet", "cnn"),
+                              ("mobilenet", "ic_only"), ("resnet56", "sdn"), ("mobilenet", "sdn")]
+        for phase in ("train", "evaluate")
+    ]  # fmt: skip
+    with_two_slots = Runner(_settings(tmp_path / "two", archs=["resnet56", "mobilenet"], jobs=2))
+    assert [j.variant for j in with_two_slots.start_order()] == ["cnn"] * 2 + ["sdn"] * 2 + ["ic_only"] * 2
     launched.clear()
     again = Runner(_settings(tmp_path))  # same work folder: everything is done
     again.schedule()

@@ -2,7 +2,8 @@
 ``scripts/gpu-reproduce.sh``).
 
 Steps: extract the JPEG archive and ``sdn prepare-data`` it into ``WORK/data``; run every job of the grid
-(``sdn train`` then ``sdn evaluate``, ``ic_only`` after its ``cnn``), ``--jobs`` at once; at ``--budget-s`` minus
+(``sdn train`` then ``sdn evaluate``, ``ic_only`` after its ``cnn``; with ``--jobs 1`` each CNN's evaluation and
+IC-only training right after it), ``--jobs`` at once; at ``--budget-s`` minus
 ``--reserve-s`` stop the running ones (SIGTERM: a trainer keeps its ``last.pt`` of the last finished epoch and
 resumes from it on the next call) and start nothing new; publish every evaluated run
 (:mod:`sdn.reproduce.publish`) and pack, in ``OUT``:
@@ -343,8 +344,23 @@ class Runner:
                      "and only when they can finish", self.resume_mib, ", ".join(held))  # fmt: skip
 
     def start_order(self) -> list[Job]:
-        """The jobs in the order they are offered a slot: those that cannot be carried first (stable otherwise)."""
-        return sorted(self.jobs, key=lambda j: self.carryable.get(j.arch, True))
+        """The jobs in the order they are offered a slot: those that cannot be carried first; with one slot, then the
+        evaluations of finished trainings and the IC-only trainings (each ready once its CNN is), so that a finished
+        CNN's short work is published before the next long training starts and its ``model.pt`` need not be carried
+        to the next call (the order cannot change one slot's total time); stable otherwise. With several slots the
+        long trainings start first (the grid's order), which keeps the makespan short."""
+        serial = self.slots == 1
+
+        def key(job: Job) -> tuple[bool, int]:
+            if not serial:
+                return self.carryable.get(job.arch, True), 0
+            if job_status(self.work, job, self.state) == "trained":
+                rank = 0
+            else:
+                rank = 1 if job.parent is not None else 2
+            return self.carryable.get(job.arch, True), rank
+
+        return sorted(self.jobs, key=key)
 
     def measure(self, force: bool = False) -> None:
         """Record in state.json each running training's typical epoch wall time (from its progress.json)."""
