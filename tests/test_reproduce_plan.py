@@ -99,7 +99,8 @@ def test_jobs_that_cannot_resume_start_first(tmp_path: Path, monkeypatch: pytest
     runner = _runner(tmp_path, monkeypatch, launched)
     runner.schedule()
     trains = [entry.split()[1] for entry in launched if entry.startswith("train")]
-    assert trains[:3] == ["vgg16bn/s0/cnn", "vgg16bn/s0/sdn", "vgg16bn/s0/ic_only"]
+    # one slot: the CNN that cannot resume, then its IC-only child (its short work first), then its SDN training
+    assert trains[:3] == ["vgg16bn/s0/cnn", "vgg16bn/s0/ic_only", "vgg16bn/s0/sdn"]
     assert len(trains) == 6 and all(runner.state.job(j)["evaluated"] for j in runner.jobs)
 
 
