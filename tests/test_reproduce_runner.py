@@ -138,6 +138,11 @@ def test_jobs_run_in_dependency_order_and_are_not_redone(tmp_path: Path, monkeyp
     )
     assert keys.index("train resnet56/s0/ic_only") > keys.index("train resnet56/s0/cnn")
     assert all(runner.state.job(j)["evaluated"] for j in runner.jobs)
+    launched.clear()
+    again = Runner(_settings(tmp_path))  # same work folder: everything is done
+    again.schedule()
+    assert launched == []
+    assert len(again.state.data["calls"]) == 2
 
 
 def test_one_slot_finishes_each_cnns_short_work_before_the_next_long_training(
@@ -158,11 +163,6 @@ def test_one_slot_finishes_each_cnns_short_work_before_the_next_long_training(
     ]  # fmt: skip
     with_two_slots = Runner(_settings(tmp_path / "two", archs=["resnet56", "mobilenet"], jobs=2))
     assert [j.variant for j in with_two_slots.start_order()] == ["cnn"] * 2 + ["sdn"] * 2 + ["ic_only"] * 2
-    launched.clear()
-    again = Runner(_settings(tmp_path))  # same work folder: everything is done
-    again.schedule()
-    assert launched == []
-    assert len(again.state.data["calls"]) == 2
 
 
 def test_budget_stops_running_jobs_and_starts_no_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
